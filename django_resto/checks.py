@@ -1,0 +1,103 @@
+"""System checks: a misconfigured media setup fails at ``manage.py check``, not at upload.
+
+The checks read STORAGES and the RESTO_* settings without creating the storages,
+so that every problem is listed at once instead of the first one raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from .settings import media_path, parse_host, resolve_options
+
+
+def _resto_storages() -> list[tuple[str, type, dict[str, Any]]]:
+    from .storage import ReplicatedStorageMixin
+
+    found = []
+    for alias, config in getattr(settings, "STORAGES", {}).items():
+        try:
+            backend = import_string(config.get("BACKEND", ""))
+        except ImportError:
+            continue  # Django's own checks and the first use report this.
+        if isinstance(backend, type) and issubclass(backend, ReplicatedStorageMixin):
+            found.append((alias, backend, dict(config.get("OPTIONS", {}))))
+    return found
+
+
+@register(Tags.compatibility, "django_resto")
+def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from .storage import DistributedStorage
+
+    messages: list[CheckMessage] = []
+    for alias, backend, options in _resto_storages():
+        where = f"STORAGES[{alias!r}]"
+        try:
+            resolved = resolve_options(backend.__qualname__, options, backend.extra_options)
+        except ImproperlyConfigured as exc:
+            messages.append(Error(str(exc), obj=where, id="django_resto.E004"))
+            continue
+        distributed = issubclass(backend, DistributedStorage)
+        hosts = resolved["hosts"]
+        if not hosts:
+            if distributed:
+                messages.append(
+                    Error(
+                        "DistributedStorage has no media hosts: no file can be stored.",
+                        hint="Set RESTO_MEDIA_HOSTS or OPTIONS['hosts'].",
+                        obj=where,
+                        id="django_resto.E002",
+                    )
+                )
+            else:
+                messages.append(
+                    Warning(
+                        f"{backend.__name__} has no media hosts: files are only stored locally.",
+                        hint="Set RESTO_MEDIA_HOSTS or OPTIONS['hosts'].",
+                        obj=where,
+                        id="django_resto.W001",
+                    )
+                )
+        for host in hosts:
+            try:
+                parse_host(host)
+            except ValueError as exc:
+                messages.append(
+                    Error(
+                        f"Malformed media host: {exc}.",
+                        hint="Use 'name:port' for http or 'https://name:port'.",
+                        obj=where,
+                        id="django_resto.E001",
+                    )
+                )
+        base_url = options.get("base_url", settings.MEDIA_URL)
+        try:
+            media_path(base_url)
+        except ImproperlyConfigured as exc:
+            messages.append(Error(str(exc), obj=where, id="django_resto.E003"))
+        if distributed and not resolved["fatal_exceptions"]:
+            messages.append(
+                Warning(
+                    "DistributedStorage with fatal_exceptions=False can lose uploads: a failed "
+                    "write on some media servers goes unnoticed by the user.",
+                    hint="Keep fatal_exceptions=True, or add django_resto to INSTALLED_APPS "
+                    "and run process_failed_media so failures are journaled and repaired.",
+                    obj=where,
+                    id="django_resto.W002",
+                )
+            )
+        if resolved["min_replicas"] is not None and resolved["min_replicas"] > len(hosts):
+            messages.append(
+                Error(
+                    f"min_replicas={resolved['min_replicas']} is more than the "
+                    f"{len(hosts)} configured host(s): every write would fail.",
+                    obj=where,
+                    id="django_resto.E005",
+                )
+            )
+    return messages

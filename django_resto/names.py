@@ -1,0 +1,30 @@
+"""Validation of storage names before they turn into URLs on other machines.
+
+A name that FileSystemStorage would refuse locally must not be sent to a media
+server either: there, ``..`` or a backslash can reach files outside the media
+root, and a control character can split a request line or a log line.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.utils import validate_file_name
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a safe relative file name, else raise SuspiciousFileOperation."""
+    if not isinstance(name, str):
+        raise SuspiciousFileOperation(f"File name must be a string, got {type(name).__name__}")
+    # Checked before Django's validation, which folds backslashes into slashes:
+    # we refuse them instead, as Windows-style paths are ambiguous on a web server.
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise SuspiciousFileOperation(f"File name {name!r} contains a control character")
+    if "\\" in name:
+        raise SuspiciousFileOperation(f"File name {name!r} contains a backslash")
+    validate_file_name(name, allow_relative_path=True)
+    if name.startswith("/"):  # pragma: no cover - Django already refuses absolute names
+        raise SuspiciousFileOperation(f"File name {name!r} is absolute")
+    segments = name.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise SuspiciousFileOperation(f"File name {name!r} has an empty, '.' or '..' segment")
+    return name

@@ -1,0 +1,216 @@
+"""Options of the django_resto storages and their global ``RESTO_*`` twins.
+
+Every option can be given in ``STORAGES[alias]["OPTIONS"]`` (lower case) or as a
+global Django setting; the OPTIONS value wins, then the global setting, then the
+default below. This is the same contract django-storages offers, so people who
+know one know the other, and it keeps django-resto 1.x settings working as-is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+# option name -> (global setting, default). ``None`` as the global setting means
+# the option has no global twin (it only makes sense per storage).
+OPTIONS: dict[str, tuple[str | None, Any]] = {
+    "hosts": ("RESTO_MEDIA_HOSTS", ()),
+    "timeout": ("RESTO_TIMEOUT", 2),
+    "connect_timeout": ("RESTO_CONNECT_TIMEOUT", None),
+    "fatal_exceptions": ("RESTO_FATAL_EXCEPTIONS", True),
+    "show_traceback": ("RESTO_SHOW_TRACEBACK", False),
+    "verify": ("RESTO_VERIFY", True),
+    "auth": ("RESTO_AUTH", None),
+    "token": ("RESTO_TOKEN", None),
+    "token_header": ("RESTO_TOKEN_HEADER", "Authorization"),
+    "min_replicas": ("RESTO_MIN_REPLICAS", None),
+    "max_workers": ("RESTO_MAX_WORKERS", None),
+    "async_workers": ("RESTO_ASYNC_WORKERS", 4),
+}
+
+# Options that FileSystemStorage understands; the storages with a local master
+# copy pass them through untouched.
+LOCAL_OPTIONS = (
+    "location",
+    "base_url",
+    "file_permissions_mode",
+    "directory_permissions_mode",
+    "allow_overwrite",
+)
+
+
+def get_setting(name: str) -> Any:
+    """Return a global django_resto setting, or its default.
+
+    Stable API kept from django-resto 1.x: ``get_setting("MEDIA_HOSTS")`` and
+    ``get_setting("RESTO_MEDIA_HOSTS")`` are the same thing.
+    """
+    if not name.startswith("RESTO_"):
+        name = "RESTO_" + name
+    for global_name, default in OPTIONS.values():
+        if global_name == name:
+            return getattr(settings, name, default)
+    raise KeyError(f"Unknown django_resto setting {name!r}")
+
+
+def resolve_options(
+    backend: str, given: dict[str, Any], allowed: tuple[str, ...]
+) -> dict[str, Any]:
+    """Merge explicit options with global settings and defaults, validating both.
+
+    ``allowed`` lists the extra option names the backend itself accepts (for
+    instance FileSystemStorage's). An unknown name is an error, not a silent
+    no-op: a typo in STORAGES must not quietly disable authentication.
+    """
+    unknown = sorted(set(given) - set(OPTIONS) - set(allowed))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"Invalid setting {unknown[0]!r} for {backend}. "
+            f"Valid options are: {', '.join(sorted([*OPTIONS, *allowed]))}."
+        )
+    resolved: dict[str, Any] = {}
+    for option, (global_name, default) in OPTIONS.items():
+        if option in given:
+            value, source = given[option], f"OPTIONS[{option!r}]"
+        elif global_name is not None and hasattr(settings, global_name):
+            value, source = getattr(settings, global_name), global_name
+        else:
+            value, source = default, f"the default of {option!r}"
+        resolved[option] = _validate(option, value, source)
+    return resolved
+
+
+def _validate(option: str, value: Any, source: str) -> Any:
+    def fail(expected: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(f"{source} must be {expected}, got {value!r}.")
+
+    if option == "hosts":
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise fail("a list of hosts such as ['media-1:8080']")
+        if not all(isinstance(host, str) for host in value):
+            raise fail("a list of strings")
+        if len(set(value)) != len(value):
+            raise fail("a list without duplicates")
+        return tuple(value)
+    if option in ("timeout", "connect_timeout"):
+        if value is None and option == "connect_timeout":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise fail("a positive number of seconds")
+        return float(value)
+    if option in ("fatal_exceptions", "show_traceback"):
+        if not isinstance(value, bool):
+            raise fail("True or False")
+        return value
+    if option == "verify":
+        if not isinstance(value, bool | str):
+            raise fail("True, False or the path of a CA bundle")
+        return value
+    if option == "auth":
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list | tuple)
+            or len(value) != 2
+            or not all(isinstance(part, str) for part in value)
+        ):
+            # Never echo the value: it holds a password.
+            raise ImproperlyConfigured(f"{source} must be a (username, password) pair of strings.")
+        return tuple(value)
+    if option == "token":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ImproperlyConfigured(f"{source} must be a non-empty string or None.")
+        return value
+    if option == "token_header":
+        if not isinstance(value, str) or not value or any(c in value for c in ":\r\n "):
+            raise fail("an HTTP header name")
+        return value
+    if option in ("min_replicas", "max_workers"):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail("a positive integer or None")
+        return value
+    if option == "async_workers":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail("a positive integer")
+        return value
+    raise AssertionError(f"no validation for option {option!r}")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Host:
+    """A media server: the name used in logs and the journal, and its origin URL."""
+
+    name: str
+    origin: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_host(host: str) -> Host:
+    """Turn ``name:port`` or ``https://name:port`` into a :class:`Host`.
+
+    Credentials inside the URL are refused rather than used: they would end up in
+    every log line and exception message that names the host.
+    """
+    if not isinstance(host, str) or not host.strip() or host != host.strip():
+        raise ValueError(f"{host!r} is not a host name")
+    url = host if "://" in host else f"http://{host}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{host!r} is malformed: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{host!r} must use http or https, not {parts.scheme!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "a host must not contain credentials; use the 'auth' or 'token' option instead"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"{host!r} must be only scheme, name and port; the path comes from base_url (MEDIA_URL)"
+        )
+    hostname = parts.hostname
+    if not hostname:
+        raise ValueError(f"{host!r} has no host name")
+    if any(c in hostname for c in " /\\@?#") or any(ord(c) < 33 for c in hostname):
+        raise ValueError(f"{host!r} has an invalid host name")
+    if port is not None and port == 0:
+        raise ValueError(f"{host!r} has an invalid port 0")
+    try:
+        is_ipv6 = ipaddress.ip_address(hostname).version == 6
+    except ValueError:
+        is_ipv6 = False
+    netloc = f"[{hostname}]" if is_ipv6 else hostname
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return Host(name=host, origin=f"{parts.scheme}://{netloc}")
+
+
+def media_path(base_url: str | None) -> str:
+    """The URL path under which media servers keep files: MEDIA_URL's path.
+
+    The seed's rule: the URL that receives a PUT is the one browsers GET, with the
+    host changed. A CDN-style absolute MEDIA_URL therefore contributes its path only.
+    """
+    if not base_url:
+        return "/"
+    parts = urlsplit(base_url)
+    if parts.query or parts.fragment:
+        raise ImproperlyConfigured(
+            f"base_url (MEDIA_URL) {base_url!r} must not contain a query string or a fragment."
+        )
+    path = parts.path or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    if not path.endswith("/"):
+        path += "/"
+    return path

@@ -1,0 +1,478 @@
+"""The three storage backends: Hybrid, Async and Distributed.
+
+Import paths and behaviour follow django-resto 1.x so that existing projects only
+change their STORAGES entry; see the README for what changed and why.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin
+
+import requests
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files import File
+from django.core.files.storage import FileSystemStorage, Storage
+from django.utils import timezone
+from django.utils.deconstruct import deconstructible
+from django.utils.encoding import filepath_to_uri
+
+from .exceptions import ReplicationError, describe
+from .fanout import FanOut, Outcome, call
+from .names import validate_name
+from .settings import LOCAL_OPTIONS, Host, media_path, parse_host, resolve_options
+from .transport import Body, BytesBody, FileBody, HostTransport, UnexpectedStatusCode
+
+logger = logging.getLogger("django_resto")
+
+__all__ = ["AsyncStorage", "DistributedStorage", "HybridStorage", "ReplicationError"]
+
+
+def operation(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Tag a per-host method with the HTTP verb used in logs, errors and the journal."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func.resto_operation = verb  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+def operation_of(func: Callable[..., Any]) -> str:
+    return getattr(func, "resto_operation", getattr(func, "__name__", "call"))
+
+
+class ReplicatedStorageMixin:
+    """What every django_resto backend shares: hosts, transports and the failure policy.
+
+    Options are read once, in ``__init__``, as django-storages does; an unknown
+    option raises ImproperlyConfigured naming it.
+    """
+
+    #: Options the backend accepts on top of django_resto's own.
+    extra_options: tuple[str, ...] = ()
+    #: Hosts that must acknowledge a write unless ``min_replicas`` says otherwise.
+    default_min_replicas = 0
+
+    base_url: str | None
+
+    def _configure(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Resolve django_resto's options; return the ones meant for the parent class."""
+        backend = f"{type(self).__module__}.{type(self).__qualname__}"
+        resolved = resolve_options(backend, options, self.extra_options)
+        hosts: dict[str, Host] = {}
+        for name in resolved["hosts"]:
+            try:
+                hosts[name] = parse_host(name)
+            except ValueError as exc:
+                raise ImproperlyConfigured(f"Invalid media host in {backend}: {exc}") from None
+        self._hosts = hosts
+        self.hosts: tuple[str, ...] = resolved["hosts"]
+        self.timeout: float = resolved["timeout"]
+        self.connect_timeout: float | None = resolved["connect_timeout"]
+        self.fatal_exceptions: bool = resolved["fatal_exceptions"]
+        self.show_traceback: bool = resolved["show_traceback"]
+        self.verify: bool | str = resolved["verify"]
+        self._auth: tuple[str, str] | None = resolved["auth"]
+        self._token: str | None = resolved["token"]
+        self.token_header: str = resolved["token_header"]
+        self.min_replicas: int = (
+            resolved["min_replicas"]
+            if resolved["min_replicas"] is not None
+            else min(self.default_min_replicas, len(self.hosts))
+        )
+        if self.min_replicas > len(self.hosts):
+            raise ImproperlyConfigured(
+                f"min_replicas={self.min_replicas} in {backend} is more than the "
+                f"{len(self.hosts)} configured host(s)."
+            )
+        self.max_workers: int = resolved["max_workers"] or max(4, 4 * (len(self.hosts) - 1))
+        self.async_workers: int = resolved["async_workers"]
+        self._fanout = FanOut(self.max_workers)
+        self._transports: dict[str, HostTransport] = {}
+        self._transports_lock = threading.Lock()
+        return {key: value for key, value in options.items() if key in self.extra_options}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Locks, thread pools and sockets do not cross process boundaries (task
+        # queues pickle the storage together with the bound method they call).
+        state = self.__dict__.copy()
+        for key in ("_transports_lock", "_async_executor", "_pending", "_pending_lock"):
+            state.pop(key, None)
+        state["_transports"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._transports_lock = threading.Lock()
+
+    # --- transport ---------------------------------------------------------
+
+    @property
+    def media_prefix(self) -> str:
+        """The URL path of MEDIA_URL, under which media servers keep the files."""
+        return media_path(self.base_url)
+
+    def transport(self, host: str) -> HostTransport:
+        """The pooled HTTP transport to ``host`` (rebuilt if MEDIA_URL changed)."""
+        prefix = self.media_prefix
+        current = self._transports.get(host)
+        if current is not None and current.prefix == prefix:
+            return current
+        with self._transports_lock:
+            current = self._transports.get(host)
+            if current is None or current.prefix != prefix:
+                if host not in self._hosts:
+                    raise ValueError(f"{host!r} is not one of this storage's hosts")
+                current = HostTransport(
+                    self._hosts[host],
+                    prefix,
+                    timeout=self.timeout,
+                    connect_timeout=self.connect_timeout,
+                    verify=self.verify,
+                    auth=self._auth,
+                    token=self._token,
+                    token_header=self.token_header,
+                    pool_size=max(10, self.max_workers),
+                )
+                self._transports[host] = current
+        return current
+
+    def close(self) -> None:
+        """Close pooled connections (they reopen on demand)."""
+        for transport in list(self._transports.values()):
+            transport.close()
+
+    # --- per-host operations (stable: may be passed to execute/execute_one) --
+
+    @operation("PUT")
+    def put_file(self, host: str, name: str, body: Body | None = None) -> bool:
+        """Upload ``name`` to one host; from the local master copy unless ``body`` is given.
+
+        Returns True if the host created the file, False if it replaced one.
+        """
+        if body is None:
+            body = FileBody(self.path(name))  # type: ignore[attr-defined]
+        result = self.transport(host).put(name, body)
+        if not result.created:
+            logger.info("PUT on existing file %s on %s", name, host)
+        return result.created
+
+    @operation("DELETE")
+    def delete_file(self, host: str, name: str) -> bool:
+        """Delete ``name`` on one host; a file that was already missing is only a warning."""
+        existed = self.transport(host).delete(name)
+        if not existed:
+            logger.warning("DELETE on missing file %s on %s", name, host)
+        return existed
+
+    # --- fan-out and failure policy -----------------------------------------
+
+    def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``func(host, name, *args, **kwargs)`` on every media server in parallel.
+
+        Applies the failure policy and returns the per-host outcomes. Stable API:
+        override it (or :meth:`execute_one` on AsyncStorage) to change how work runs.
+        """
+        outcomes = self._fanout.run(func, self.hosts, name, *args, **kwargs)
+        self.settle(operation_of(func), name, outcomes)
+        return outcomes
+
+    def settle(
+        self, operation: str, name: str, outcomes: list[Outcome], *, raising: bool = True
+    ) -> None:
+        """Log each host's failure, record the outcomes, and raise as the policy says.
+
+        With ``fatal_exceptions`` one ReplicationError names every failed host. A
+        write acknowledged by fewer than ``min_replicas`` hosts always raises: the
+        caller must not believe the file is stored when it is not.
+        """
+        failures = [outcome for outcome in outcomes if not outcome.ok]
+        for outcome in failures:
+            error = outcome.error
+            logger.error(
+                "Failed to %s %s on %s: %s",
+                operation,
+                name,
+                outcome.host,
+                describe(error),
+                exc_info=(type(error), error, error.__traceback__)
+                if self.show_traceback and error is not None
+                else None,
+            )
+        self.record_outcomes(operation, name, outcomes)
+        if not raising or not failures:
+            return
+        acknowledged = len(outcomes) - len(failures)
+        if operation == "PUT" and acknowledged < self.min_replicas:
+            raise ReplicationError(
+                operation,
+                name,
+                failures,
+                total=len(outcomes),
+                detail=f"Only {acknowledged} acknowledged; at least {self.min_replicas} required",
+            )
+        if self.fatal_exceptions:
+            raise ReplicationError(operation, name, failures, total=len(outcomes))
+
+    def record_outcomes(self, operation: str, name: str, outcomes: list[Outcome]) -> None:
+        """Hook called with every operation's per-host outcomes (for journaling)."""
+
+
+@deconstructible(path="django_resto.storage.HybridStorage")
+class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
+    """Store files in MEDIA_ROOT first, then on every media server in parallel.
+
+    Reads (open, exists, size, listdir, path, times) use the local master copy, the
+    only copy guaranteed complete.
+    """
+
+    extra_options = LOCAL_OPTIONS
+
+    def __init__(self, **options: Any) -> None:
+        local = self._configure(options)
+        super().__init__(**local)
+
+    def _save(self, name: str, content: File) -> str:
+        validate_name(name)
+        name = super()._save(name, content)
+        self.execute(self.put_file, name)
+        return name
+
+    def delete(self, name: str) -> None:
+        if not name:
+            raise ValueError("The name must be given to delete().")
+        validate_name(name)
+        super().delete(name)
+        self.execute(self.delete_file, name)
+
+
+@deconstructible(path="django_resto.storage.AsyncStorage")
+class AsyncStorage(HybridStorage):
+    """Like HybridStorage, but replication runs in the background.
+
+    Work goes to a bounded thread pool (``async_workers`` threads), so a burst of
+    uploads queues instead of starting a thread each. Failures are logged and
+    recorded, never raised: the request that saved the file has moved on.
+    """
+
+    def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+        """Schedule ``func(host, name, ...)`` for every host; return the scheduled handles."""
+        return [self.execute_one(func, host, name, *args, **kwargs) for host in self.hosts]
+
+    def execute_one(
+        self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run one per-host operation in the background. Override to use a task queue."""
+        executor = self._async_pool()
+        future = executor.submit(self.run_one, func, host, name, *args, **kwargs)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def run_one(
+        self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
+    ) -> Outcome:
+        """Run ``func`` on one host now and apply the (non-raising) failure policy."""
+        outcome = call(func, host, name, *args, **kwargs)
+        self.settle(operation_of(func), name, [outcome], raising=False)
+        return outcome
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every scheduled replication has finished.
+
+        Returns False if ``timeout`` seconds passed first. Useful in tests and on
+        shutdown; at interpreter exit the pool's threads also finish their queue.
+        """
+        deadline = None if timeout is None else (timeout + time.monotonic())
+        while True:
+            with self._pending_lock:
+                pending = list(self._pending)
+            if not pending:
+                return True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _, not_done = concurrent.futures.wait(pending, timeout=remaining)
+            if not_done and deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def _async_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        executor = self.__dict__.get("_async_executor")
+        if executor is None:
+            with self._transports_lock:
+                executor = self.__dict__.get("_async_executor")
+                if executor is None:
+                    self._pending: set[concurrent.futures.Future[Any]] = set()
+                    self._pending_lock = threading.Lock()
+                    executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self.async_workers, thread_name_prefix="django_resto_async"
+                    )
+                    self._async_executor = executor
+        return executor
+
+    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+
+class RemoteFile(File):
+    """A file read from a media server as a stream: never held whole in memory."""
+
+    def __init__(self, response: requests.Response, name: str) -> None:
+        self._response = response
+        response.raw.decode_content = True
+        super().__init__(response.raw, name)
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit():
+            self.size = int(length)
+        self.mode = "rb"
+
+    def close(self) -> None:
+        self._response.close()
+
+
+@contextmanager
+def body_of(content: File) -> Iterator[Body]:
+    """Something every host can read in parallel, without loading big files in memory.
+
+    Uploads larger than FILE_UPLOAD_MAX_MEMORY_SIZE already sit in a temporary file
+    and small ones in a BytesIO; anything else is spooled to a temporary file once.
+    """
+    if hasattr(content, "temporary_file_path"):
+        yield FileBody(content.temporary_file_path())
+        return
+    inner = getattr(content, "file", content)
+    if isinstance(inner, io.BytesIO):
+        buffer = inner.getbuffer()
+        body = BytesBody(buffer)
+        try:
+            yield body
+        finally:
+            body.data.release()
+            buffer.release()
+        return
+    with tempfile.NamedTemporaryFile(
+        prefix="django_resto_", dir=settings.FILE_UPLOAD_TEMP_DIR
+    ) as spool:
+        if hasattr(content, "chunks"):
+            for chunk in content.chunks():
+                spool.write(chunk.encode() if isinstance(chunk, str) else chunk)
+        else:
+            shutil.copyfileobj(content, spool)
+        spool.flush()
+        yield FileBody(spool.name)
+
+
+@deconstructible(path="django_resto.storage.DistributedStorage")
+class DistributedStorage(ReplicatedStorageMixin, Storage):
+    """Store files only on the media servers; no local master copy.
+
+    A save must reach ``min_replicas`` hosts (one by default) or it raises, even
+    with ``fatal_exceptions`` off: with no master copy, a save that reached no host
+    would be a silent loss.
+    """
+
+    extra_options = ("base_url",)
+    default_min_replicas = 1
+
+    def __init__(self, **options: Any) -> None:
+        local = self._configure(options)
+        self._base_url: str | None = local.get("base_url")
+
+    @property
+    def base_url(self) -> str | None:  # type: ignore[override]
+        value = self._base_url if self._base_url is not None else settings.MEDIA_URL
+        if value and not value.endswith("/"):
+            value += "/"
+        return value
+
+    def _save(self, name: str, content: File) -> str:
+        validate_name(name)
+        if not self.hosts:
+            raise ImproperlyConfigured("DistributedStorage has no media hosts to store files on.")
+        with body_of(content) as body:
+            self.execute(self.put_file, name, body)
+        return name
+
+    def delete(self, name: str) -> None:
+        if not name:
+            raise ValueError("The name must be given to delete().")
+        validate_name(name)
+        self.execute(self.delete_file, name)
+
+    def _ask(self, operation: str, name: str, func: Callable[[HostTransport], Any]) -> Any:
+        """Ask one host, falling over to the next one when it cannot answer."""
+        validate_name(name)
+        failures: list[Outcome] = []
+        for host in self.hosts:
+            try:
+                return func(self.transport(host))
+            except (requests.RequestException, UnexpectedStatusCode) as exc:
+                logger.warning(
+                    "%s %s on %s failed, trying the next host: %s",
+                    operation,
+                    name,
+                    host,
+                    describe(exc),
+                )
+                failures.append(Outcome(host, error=exc))
+        raise ReplicationError(operation, name, failures, total=len(self.hosts))
+
+    def _head(self, name: str) -> requests.Response:
+        response = self._ask("HEAD", name, lambda transport: transport.head(name))
+        if response is None:
+            raise FileNotFoundError(f"{name} does not exist on the media servers")
+        return response
+
+    def exists(self, name: str) -> bool:
+        return self._ask("HEAD", name, lambda transport: transport.head(name)) is not None
+
+    def _open(self, name: str, mode: str = "rb") -> File:
+        if mode not in ("r", "rb"):
+            raise ValueError(f"DistributedStorage opens files read-only, not with mode {mode!r}")
+        response = self._ask("GET", name, lambda transport: transport.get(name))
+        return RemoteFile(response, name)
+
+    def size(self, name: str) -> int:
+        length = self._head(name).headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise OSError(f"The media server gave no size for {name}")
+        return int(length)
+
+    def get_modified_time(self, name: str) -> datetime:
+        header = self._head(name).headers.get("Last-Modified")
+        if not header:
+            raise NotImplementedError(f"The media server gave no Last-Modified for {name}")
+        moment = parsedate_to_datetime(header).astimezone(UTC)
+        if settings.USE_TZ:
+            return moment
+        return timezone.make_naive(moment, timezone.get_default_timezone())
+
+    def url(self, name: str | None) -> str:
+        if self.base_url is None:
+            raise ValueError("This file is not accessible via a URL.")
+        url = filepath_to_uri(name)
+        if url is not None:
+            url = url.lstrip("/")
+        return urljoin(self.base_url, url)
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        raise NotImplementedError(
+            "DistributedStorage cannot list directories through the Storage API; "
+            "use `manage.py resto_sync` to audit the media servers."
+        )
+
+    def path(self, name: str) -> str:
+        raise NotImplementedError("DistributedStorage keeps no local copy: files have no path.")

@@ -1,0 +1,343 @@
+"""HTTP to one media server: PUT, DELETE, HEAD, GET, MKCOL and PROPFIND.
+
+One ``requests.Session`` per host keeps connections alive between operations, so a
+save costs one request per host instead of a TCP (and TLS) handshake plus a
+request. The transport knows URLs and status codes; it knows nothing of Django's
+Storage API, so it can be reused by the sync and repair commands.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .settings import Host
+
+logger = logging.getLogger("django_resto")
+
+# Bytes handed to the socket per write when streaming a body. urllib3's default
+# (16 KiB) costs a Python-level loop iteration per 16 KiB; 256 KiB keeps large
+# uploads bound by the network, not the interpreter, for a fixed small buffer.
+BLOCKSIZE = 256 * 1024
+
+WRITE_METHODS = frozenset({"PUT", "DELETE", "MKCOL", "PROPFIND"})
+
+
+class UnexpectedStatusCode(Exception):
+    """A media server answered with a status the protocol does not allow here."""
+
+    def __init__(self, host: str, method: str, url: str, status: int, reason: str = "") -> None:
+        self.host = host
+        self.method = method
+        self.url = url
+        self.status = status
+        self.reason = reason
+        detail = f"{status} {reason}".strip()
+        super().__init__(f"{method} {url} on host {host} answered unexpected status {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions cross process boundaries in task queues; keep them picklable.
+        return (type(self), (self.host, self.method, self.url, self.status, self.reason))
+
+
+class Body:
+    """Something that can be sent to several hosts at once, each reading its own copy.
+
+    A body is opened once per request (and again when a PUT is retried after
+    creating parent collections), so it never needs to be held in memory.
+    """
+
+    size: int
+
+    def open(self) -> IO[bytes]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class FileBody(Body):
+    """A file on disk: every host gets its own file descriptor and offset."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.size = os.path.getsize(self.path)
+
+    def open(self) -> IO[bytes]:
+        return open(self.path, "rb")
+
+    def __repr__(self) -> str:
+        return f"FileBody({self.path!r})"
+
+
+class BytesBody(Body):
+    """Bytes already in memory (small uploads): shared read-only, never copied."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = memoryview(data).toreadonly()
+        self.size = self.data.nbytes
+
+    def open(self) -> IO[bytes]:
+        return io.BytesIO(self.data)
+
+    def __repr__(self) -> str:
+        return f"BytesBody(<{self.size} bytes>)"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    created: bool  # False: the server replaced an existing file (204)
+    collections_created: int = 0
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = BLOCKSIZE
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _stale_connection(exc: requests.ConnectionError) -> bool:
+    """True when a kept-alive connection was closed under us, before any answer.
+
+    That happens when a server's keep-alive timeout races our next request. PUT and
+    DELETE are idempotent, so one retry on a fresh connection is safe; a refused or
+    timed-out connection is a real failure and is not retried.
+    """
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, http.client.RemoteDisconnected | ConnectionResetError):
+            return True
+        if isinstance(error, BrokenPipeError):
+            return True
+        nested = error.args[-1] if error.args else None
+        if isinstance(nested, BaseException) and id(nested) not in seen:
+            error = nested
+            continue
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class HostTransport:
+    """All HTTP traffic to one media server.
+
+    Thread-safe: a requests Session with an HTTPAdapter pool serves concurrent
+    requests, each on its own pooled connection.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        prefix: str,
+        *,
+        timeout: float,
+        connect_timeout: float | None = None,
+        verify: bool | str = True,
+        auth: tuple[str, str] | None = None,
+        token: str | None = None,
+        token_header: str = "Authorization",
+        pool_size: int = 10,
+    ) -> None:
+        self.host = host
+        self.prefix = prefix
+        self.timeout = (connect_timeout or timeout, timeout)
+        self.verify = verify
+        self._auth = auth
+        self._auth_headers: dict[str, str] = {}
+        if token is not None:
+            value = f"Bearer {token}" if token_header.lower() == "authorization" else token
+            self._auth_headers[token_header] = value
+        self.pool_size = pool_size
+        self._session: requests.Session | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<HostTransport {self.host.name}>"
+
+    # Sessions hold sockets and locks: they are rebuilt after unpickling.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    session = requests.Session()
+                    adapter = _Adapter(
+                        pool_connections=1, pool_maxsize=self.pool_size, max_retries=0
+                    )
+                    session.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                    session.verify = self.verify
+                    # Media servers are never behind the user's HTTP proxy settings.
+                    session.trust_env = False
+                    self._session = session
+        return self._session
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+    def url(self, name: str) -> str:
+        """The URL of a storage name."""
+        return self._absolute_url(self.prefix + name)
+
+    def _absolute_url(self, path: str) -> str:
+        return self.host.origin + quote(path, safe="/")
+
+    def request(
+        self,
+        method: str,
+        name: str,
+        *,
+        body: Body | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send one request about a storage name (a path below the media prefix)."""
+        return self._send(method, self.prefix + name, body=body, headers=headers, stream=stream)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Body | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send one request, retrying once if a kept-alive connection went stale."""
+        url = self._absolute_url(path)
+        all_headers = dict(headers or {})
+        auth = None
+        if method in WRITE_METHODS:
+            auth = self._auth
+            all_headers.update(self._auth_headers)
+        for attempt in (1, 2):
+            data: Any = None
+            handle: IO[bytes] | None = None
+            if body is not None:
+                if body.size == 0:
+                    # requests turns an empty stream into a chunked body; nginx's DAV
+                    # module then sees no Content-Length. Send real empty bytes.
+                    data = b""
+                else:
+                    handle = data = body.open()
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=all_headers,
+                    auth=auth,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    stream=stream,
+                )
+            except requests.ConnectionError as exc:
+                if attempt == 1 and _stale_connection(exc):
+                    logger.debug("Retrying %s %s after a stale connection", method, url)
+                    continue
+                raise
+            finally:
+                if handle is not None:
+                    handle.close()
+            logger.debug("%s %s -> %s", method, url, response.status_code)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unexpected(self, method: str, path: str, response: requests.Response) -> Exception:
+        response.close()
+        return UnexpectedStatusCode(
+            self.host.name,
+            method,
+            self._absolute_url(path),
+            response.status_code,
+            response.reason or "",
+        )
+
+    def put(self, name: str, body: Body) -> PutResult:
+        """Store ``body`` as ``name``; create parent collections when the server asks for it.
+
+        A strict WebDAV server (lighttpd, Apache) answers 409 when a parent collection
+        is missing. Only then do we spend MKCOL requests, so a server with
+        ``create_full_put_path`` (nginx) pays nothing for nested names.
+        """
+        path = self.prefix + name
+        response = self._send("PUT", path, body=body)
+        response.close()
+        created = 0
+        if response.status_code == 409 and path.strip("/").count("/"):
+            created = self.make_parents(path)
+            response = self._send("PUT", path, body=body)
+            response.close()
+        if response.status_code == 201:
+            return PutResult(created=True, collections_created=created)
+        if response.status_code == 204:
+            return PutResult(created=False, collections_created=created)
+        raise self._unexpected("PUT", path, response)
+
+    def make_parents(self, path: str) -> int:
+        """MKCOL every collection above ``path``, parents first; return how many were new.
+
+        405 means the collection exists already (RFC 4918), which is fine. The media
+        prefix itself is included: a fresh lighttpd root may not have ``/media/`` yet.
+        """
+        segments = path.strip("/").split("/")[:-1]
+        created = 0
+        for depth in range(1, len(segments) + 1):
+            collection = "/" + "/".join(segments[:depth]) + "/"
+            response = self._send("MKCOL", collection)
+            response.close()
+            if response.status_code == 201:
+                created += 1
+            elif response.status_code != 405:
+                raise self._unexpected("MKCOL", collection, response)
+        return created
+
+    def delete(self, name: str) -> bool:
+        """Delete ``name``; return False if the server did not have it (404)."""
+        response = self.request("DELETE", name)
+        response.close()
+        if response.status_code in (200, 204):
+            return True
+        if response.status_code == 404:
+            return False
+        raise self._unexpected("DELETE", self.prefix + name, response)
+
+    def head(self, name: str) -> requests.Response | None:
+        """HEAD ``name``: the response on 200, None on 404."""
+        response = self.request("HEAD", name)
+        response.close()
+        if response.status_code == 200:
+            return response
+        if response.status_code == 404:
+            return None
+        raise self._unexpected("HEAD", self.prefix + name, response)
+
+    def get(self, name: str) -> requests.Response:
+        """GET ``name`` as a stream; the caller reads and closes it."""
+        response = self.request("GET", name, stream=True)
+        if response.status_code == 200:
+            return response
+        if response.status_code == 404:
+            response.close()
+            raise FileNotFoundError(f"{name} does not exist on {self.host.name}")
+        raise self._unexpected("GET", self.prefix + name, response)
