@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -29,6 +30,7 @@ from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 
+from . import journal
 from .exceptions import ReplicationError, describe
 from .fanout import FanOut, Outcome, call
 from .names import validate_name
@@ -54,6 +56,15 @@ def operation_of(func: Callable[..., Any]) -> str:
     return getattr(func, "resto_operation", getattr(func, "__name__", "call"))
 
 
+# Operations on one (host, name) are serialized within a process, so that a
+# background PUT and DELETE of the same file cannot overtake each other on the wire.
+_STRIPES = [threading.Lock() for _ in range(64)]
+
+
+def _stripe(host: str, name: str) -> threading.Lock:
+    return _STRIPES[hash((host, name)) % len(_STRIPES)]
+
+
 class ReplicatedStorageMixin:
     """What every django_resto backend shares: hosts, transports and the failure policy.
 
@@ -72,6 +83,7 @@ class ReplicatedStorageMixin:
         """Resolve django_resto's options; return the ones meant for the parent class."""
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
         resolved = resolve_options(backend, options, self.extra_options)
+        self._options = dict(options)
         hosts: dict[str, Host] = {}
         for name in resolved["hosts"]:
             try:
@@ -117,6 +129,32 @@ class ReplicatedStorageMixin:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._transports_lock = threading.Lock()
+
+    @property
+    def journal_key(self) -> str:
+        """The STORAGES alias this storage was configured under, which names its journal rows.
+
+        Found by matching backend and OPTIONS, so it also works for the instance a
+        FileField creates from the same settings. "" when the storage is not in
+        STORAGES: its rows are kept, but the repair commands cannot rebuild it.
+        """
+        key = self.__dict__.get("_journal_key")
+        if key is None:
+            key = ""
+            candidates = []
+            for alias, config in getattr(settings, "STORAGES", {}).items():
+                backend = config.get("BACKEND", "")
+                if backend.rsplit(".", 1)[-1] != type(self).__name__:
+                    continue
+                candidates.append(alias)
+                if dict(config.get("OPTIONS", {})) == self._options:
+                    key = alias
+                    break
+            else:
+                if len(candidates) == 1:
+                    key = candidates[0]
+            self._journal_key = key
+        return key
 
     # --- transport ---------------------------------------------------------
 
@@ -186,12 +224,19 @@ class ReplicatedStorageMixin:
         Applies the failure policy and returns the per-host outcomes. Stable API:
         override it (or :meth:`execute_one` on AsyncStorage) to change how work runs.
         """
+        seq = journal.now_seq()
         outcomes = self._fanout.run(func, self.hosts, name, *args, **kwargs)
-        self.settle(operation_of(func), name, outcomes)
+        self.settle(operation_of(func), name, outcomes, seq=seq)
         return outcomes
 
     def settle(
-        self, operation: str, name: str, outcomes: list[Outcome], *, raising: bool = True
+        self,
+        operation: str,
+        name: str,
+        outcomes: list[Outcome],
+        *,
+        seq: int | None = None,
+        raising: bool = True,
     ) -> None:
         """Log each host's failure, record the outcomes, and raise as the policy says.
 
@@ -212,11 +257,18 @@ class ReplicatedStorageMixin:
                 if self.show_traceback and error is not None
                 else None,
             )
-        self.record_outcomes(operation, name, outcomes)
+        acknowledged = len(outcomes) - len(failures)
+        below_quorum = operation == "PUT" and acknowledged < self.min_replicas
+        self.record_outcomes(
+            operation,
+            name,
+            outcomes,
+            seq=journal.now_seq() if seq is None else seq,
+            below_quorum=below_quorum,
+        )
         if not raising or not failures:
             return
-        acknowledged = len(outcomes) - len(failures)
-        if operation == "PUT" and acknowledged < self.min_replicas:
+        if below_quorum:
             raise ReplicationError(
                 operation,
                 name,
@@ -227,8 +279,57 @@ class ReplicatedStorageMixin:
         if self.fatal_exceptions:
             raise ReplicationError(operation, name, failures, total=len(outcomes))
 
-    def record_outcomes(self, operation: str, name: str, outcomes: list[Outcome]) -> None:
-        """Hook called with every operation's per-host outcomes (for journaling)."""
+    def record_outcomes(
+        self,
+        operation: str,
+        name: str,
+        outcomes: list[Outcome],
+        *,
+        seq: int,
+        below_quorum: bool = False,
+    ) -> None:
+        """Journal the hosts that may now be behind; forget those that caught up.
+
+        Runs whatever ``fatal_exceptions`` says: the rows are what makes turning it
+        off safe. Override to journal elsewhere.
+        """
+        if not journal.enabled():
+            return
+        ok = [outcome.host for outcome in outcomes if outcome.ok]
+        for outcome in outcomes:
+            if not outcome.ok:
+                journal.safely(
+                    journal.mark,
+                    self.journal_key,
+                    [outcome.host],
+                    name,
+                    operation,
+                    seq,
+                    error=describe(outcome.error),
+                    sources=ok if operation == "PUT" else [],
+                )
+        if ok:
+            journal.safely(journal.clear, self.journal_key, ok, name, seq)
+
+    # --- repair -------------------------------------------------------------
+
+    def expected_state(self, name: str) -> bool:
+        """Whether ``name`` should exist on the media servers (it exists in the master copy)."""
+        raise NotImplementedError("Only storages with a master copy can derive the state")
+
+    @operation("SYNC")
+    def converge(self, host: str, name: str) -> str:
+        """Bring one host in line with the master copy for ``name``; return the verb used.
+
+        Deriving the action when it runs, rather than replaying the verb that was
+        missed, is what makes retries safe in any order.
+        """
+        with _stripe(host, name):
+            if self.expected_state(name):
+                self.put_file(host, name)
+                return "PUT"
+            self.delete_file(host, name)
+            return "DELETE"
 
 
 @deconstructible(path="django_resto.storage.HybridStorage")
@@ -258,6 +359,11 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
         super().delete(name)
         self.execute(self.delete_file, name)
 
+    def expected_state(self, name: str) -> bool:
+        # Not exists(): with allow_overwrite, Django's exists() may answer False
+        # for a file that is there.
+        return os.path.isfile(self.path(name))
+
 
 @deconstructible(path="django_resto.storage.AsyncStorage")
 class AsyncStorage(HybridStorage):
@@ -268,8 +374,36 @@ class AsyncStorage(HybridStorage):
     recorded, never raised: the request that saved the file has moved on.
     """
 
+    def _save(self, name: str, content: File) -> str:
+        validate_name(name)
+        name = FileSystemStorage._save(self, name, content)
+        self.execute(self.converge, name)
+        return name
+
+    def delete(self, name: str) -> None:
+        if not name:
+            raise ValueError("The name must be given to delete().")
+        validate_name(name)
+        FileSystemStorage.delete(self, name)
+        self.execute(self.converge, name)
+
     def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
-        """Schedule ``func(host, name, ...)`` for every host; return the scheduled handles."""
+        """Schedule ``func(host, name, ...)`` for every host; return the scheduled handles.
+
+        The intent is journaled first, so a process killed before the work is done
+        leaves rows that ``process_failed_media`` completes.
+        """
+        if journal.enabled() and self.hosts:
+            journal.safely(
+                journal.mark,
+                self.journal_key,
+                self.hosts,
+                name,
+                operation_of(func),
+                journal.now_seq(),
+                error="pending",
+                attempted=False,
+            )
         return [self.execute_one(func, host, name, *args, **kwargs) for host in self.hosts]
 
     def execute_one(
@@ -287,8 +421,9 @@ class AsyncStorage(HybridStorage):
         self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
     ) -> Outcome:
         """Run ``func`` on one host now and apply the (non-raising) failure policy."""
+        seq = journal.now_seq()
         outcome = call(func, host, name, *args, **kwargs)
-        self.settle(operation_of(func), name, [outcome], raising=False)
+        self.settle(operation_of(func), name, [outcome], seq=seq, raising=False)
         return outcome
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -1,0 +1,100 @@
+"""Writing and clearing journal rows, with the supersession rule in one place.
+
+Each operation carries ``seq``, the time it started. A failure writes the row for
+(storage, host, name) unless a newer operation already did; a success deletes the
+row only if no newer operation wrote it since. So whatever order threads and
+processes finish in, a row exists exactly while the host may be behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from django.apps import apps
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+logger = logging.getLogger("django_resto")
+
+
+def enabled() -> bool:
+    """The journal exists only when django_resto is an installed app (it has a table)."""
+    return apps.is_installed("django_resto")
+
+
+def now_seq() -> int:
+    return time.time_ns()
+
+
+def _model():
+    from .models import PendingReplication
+
+    return PendingReplication
+
+
+def mark(
+    storage: str,
+    hosts: Iterable[str],
+    name: str,
+    operation: str,
+    seq: int,
+    *,
+    error: str = "",
+    sources: list[str] | None = None,
+    attempted: bool = True,
+) -> None:
+    """Record that ``hosts`` may be behind on ``name`` since operation ``seq``."""
+    model = _model()
+    moment = timezone.now() if attempted else None
+    for host in hosts:
+        fields = {
+            "operation": operation,
+            "seq": seq,
+            "last_error": error[:4000],
+            "sources": list(sources or []),
+        }
+        if attempted:
+            fields["last_attempt"] = moment
+        rows = model.objects.filter(storage=storage, host=host, name=name)
+        # Only a newer (or the same) operation may overwrite what a row says.
+        updated = rows.filter(seq__lte=seq).update(
+            attempts=F("attempts") + (1 if attempted else 0), **fields
+        )
+        if updated or rows.exists():
+            continue
+        try:
+            with transaction.atomic():
+                model.objects.create(
+                    storage=storage,
+                    host=host,
+                    name=name,
+                    attempts=1 if attempted else 0,
+                    **fields,
+                )
+        except IntegrityError:
+            # Another process created it between our update and insert: retry once.
+            rows.filter(seq__lte=seq).update(
+                attempts=F("attempts") + (1 if attempted else 0), **fields
+            )
+
+
+def clear(storage: str, hosts: Iterable[str], name: str, seq: int) -> int:
+    """Forget rows that operation ``seq`` (or a later state of the host) made obsolete."""
+    hosts = list(hosts)
+    if not hosts:
+        return 0
+    deleted, _ = (
+        _model().objects.filter(storage=storage, host__in=hosts, name=name, seq__lte=seq).delete()
+    )
+    return deleted
+
+
+def safely(func, *args, **kwargs) -> None:
+    """Run a journal write without letting a database problem hide the real outcome."""
+    try:
+        func(*args, **kwargs)
+    except Exception:
+        logger.exception("Could not write the django_resto journal")

@@ -1,0 +1,54 @@
+"""The replication journal: what each media server still has to catch up on.
+
+One row per (storage, host, name), holding no bytes and no verb to replay: the
+repair derives what to do from the master copy at repair time (file present: PUT
+it; absent: DELETE), so replaying operations out of order can never resurrect a
+deleted file or bring back old bytes — the flaw that made django-resto drop
+django_dust's queue.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class PendingReplication(models.Model):
+    storage = models.CharField(
+        max_length=100,
+        help_text="The STORAGES alias of the storage that wrote the file.",
+    )
+    host = models.CharField(max_length=255, help_text="The media server, as configured.")
+    name = models.CharField(max_length=1024, help_text="The storage name of the file.")
+    operation = models.CharField(
+        max_length=10,
+        help_text="The latest operation the host missed (PUT or DELETE); informative "
+        "for Hybrid and Async storages, which repair from the master copy.",
+    )
+    sources = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Hosts that acknowledged the latest write (DistributedStorage copies from "
+        "one of them, having no master copy).",
+    )
+    seq = models.BigIntegerField(
+        help_text="When the latest operation started (ns since the epoch). A newer "
+        "operation supersedes the row; an older success never clears it."
+    )
+    first_attempt = models.DateTimeField(auto_now_add=True)
+    last_attempt = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = "pending replication"
+        verbose_name_plural = "pending replications"
+        ordering = ["host", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["storage", "host", "name"], name="django_resto_one_row_per_host_name"
+            )
+        ]
+        indexes = [models.Index(fields=["host", "first_attempt"], name="django_resto_host_age")]
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.name} on {self.host}"

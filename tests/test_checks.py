@@ -1,0 +1,105 @@
+import pytest
+from django.core.checks import Error, Warning
+from django.test import override_settings
+
+from django_resto.checks import check_storages
+
+HYBRID = "django_resto.storage.HybridStorage"
+ASYNC = "django_resto.storage.AsyncStorage"
+DISTRIBUTED = "django_resto.storage.DistributedStorage"
+
+
+def storages(backend, **options):
+    return {
+        "default": {"BACKEND": backend, "OPTIONS": options},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+def ids(messages):
+    return [message.id for message in messages]
+
+
+@override_settings(STORAGES=storages(HYBRID, hosts=["media-1:8080", "https://media-2:8443"]))
+def test_good_configuration_has_no_messages():
+    assert check_storages() == []
+
+
+@override_settings(STORAGES=storages(HYBRID))
+def test_hybrid_without_hosts_warns():
+    messages = check_storages()
+    assert ids(messages) == ["django_resto.W001"]
+    assert isinstance(messages[0], Warning)
+    assert messages[0].obj == "STORAGES['default']"
+
+
+@override_settings(STORAGES=storages(ASYNC))
+def test_async_without_hosts_warns():
+    assert ids(check_storages()) == ["django_resto.W001"]
+
+
+@override_settings(STORAGES=storages(DISTRIBUTED))
+def test_distributed_without_hosts_is_an_error():
+    messages = check_storages()
+    assert ids(messages) == ["django_resto.E002"]
+    assert isinstance(messages[0], Error)
+
+
+@override_settings(
+    STORAGES=storages(HYBRID, hosts=["media-1:8080", "ftp://x", "http://u:p@y", "z:99999"])
+)
+def test_each_malformed_host_is_reported():
+    messages = check_storages()
+    assert ids(messages) == ["django_resto.E001"] * 3
+    assert "ftp://x" in messages[0].msg
+    assert "credentials" in messages[1].msg
+    assert "u:p" not in messages[1].msg
+    assert "z:99999" in messages[2].msg
+
+
+@pytest.mark.parametrize("base_url", ["/media/?x=1", "https://cdn.example/media/#f"])
+def test_base_url_with_query_or_fragment(base_url):
+    with override_settings(STORAGES=storages(HYBRID, hosts=["m:80"], base_url=base_url)):
+        assert ids(check_storages()) == ["django_resto.E003"]
+
+
+@override_settings(MEDIA_URL="/media/?v=2", STORAGES=storages(HYBRID, hosts=["m:80"]))
+def test_media_url_with_query():
+    assert ids(check_storages()) == ["django_resto.E003"]
+
+
+@override_settings(STORAGES=storages(DISTRIBUTED, hosts=["m:80"], fatal_exceptions=False))
+def test_distributed_without_fatal_exceptions_warns_of_data_loss():
+    messages = check_storages()
+    assert ids(messages) == ["django_resto.W002"]
+    assert "lose uploads" in messages[0].msg
+
+
+@override_settings(RESTO_FATAL_EXCEPTIONS=False, STORAGES=storages(DISTRIBUTED, hosts=["m:80"]))
+def test_data_loss_warning_follows_the_global_setting():
+    assert ids(check_storages()) == ["django_resto.W002"]
+
+
+@override_settings(STORAGES=storages(HYBRID, hosts=["m:80"], min_replicas=2))
+def test_min_replicas_above_hosts():
+    assert ids(check_storages()) == ["django_resto.E005"]
+
+
+@override_settings(STORAGES=storages(HYBRID, hosts=["m:80"], timout=3))
+def test_unknown_option():
+    messages = check_storages()
+    assert ids(messages) == ["django_resto.E004"]
+    assert "'timout'" in messages[0].msg
+
+
+@override_settings(STORAGES=storages(HYBRID, hosts="m:80"))
+def test_hosts_as_a_string():
+    messages = check_storages()
+    assert ids(messages) == ["django_resto.E004"]
+
+
+def test_checks_are_registered_with_django():
+    from django.core.checks import run_checks
+
+    with override_settings(STORAGES=storages(DISTRIBUTED)):
+        assert "django_resto.E002" in ids(run_checks())
