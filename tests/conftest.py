@@ -1,0 +1,44 @@
+"""Fixtures shared by the suite: a temporary MEDIA_ROOT and media servers on loopback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from django_resto.http_server import TestHttpServer
+
+
+@pytest.fixture(autouse=True)
+def media_root(tmp_path, settings):
+    """Every test gets its own master copy directory."""
+    root = tmp_path / "master"
+    root.mkdir()
+    settings.MEDIA_ROOT = str(root)
+    settings.MEDIA_URL = "/media/"
+    return root
+
+
+@pytest.fixture
+def test_servers() -> Iterator[Callable[..., list[TestHttpServer]]]:
+    """Start N in-process media servers: ``test_servers(3, strict=True)``."""
+    started: list[TestHttpServer] = []
+
+    def start(count: int = 1, **kwargs: Any) -> list[TestHttpServer]:
+        kwargs.setdefault("base_path", "/media/")
+        servers = [TestHttpServer(**kwargs).start() for _ in range(count)]
+        started.extend(servers)
+        return servers
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def resto_log(caplog):
+    """Records of the django_resto logger, at every level."""
+    caplog.set_level(logging.DEBUG, logger="django_resto")
+    return caplog

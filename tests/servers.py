@@ -1,0 +1,549 @@
+"""Real nginx and lighttpd media servers on loopback, and pytest fixtures for all servers.
+
+``NginxDav`` and ``LighttpdDav`` start the Debian binaries as child processes on a free
+127.0.0.1 port, with their configuration, logs, temporary directories and document root in
+a fresh directory below ``tmp_dir``. They offer the same interface as
+``django_resto.http_server.TestHttpServer`` where it makes sense (``host``, ``url``,
+``root``, ``path``, ``read``, ``exists``, ``write``, ``files``, ``names``, ``strict``,
+``listing_prefix``, ``start``, ``stop``, ``restart``, context manager), so a test can be
+parametrized over the four kinds of media server.
+
+The servers run in their own process group. ``stop()`` (also called by ``__exit__``, the
+fixtures' teardown and, as a last resort, a ``weakref.finalize`` hook at garbage collection
+or interpreter exit) sends SIGTERM to the group, then SIGKILL after a bounded wait, so no
+nginx worker outlives a failed test.
+
+Running as root (the case in our containers and CI): nginx's master drops the workers to an
+unprivileged user (``nobody`` by default), which could neither traverse pytest's ``tmp_path``
+(``/tmp/pytest-of-root`` is mode 0700) nor write the root, and PUT would answer 500
+(``rename() ... Permission denied``). Rather than chmod'ing the directories up to ``/tmp`` we
+write ``user root root;`` in the test configuration: the workers then run as the test process
+does, own what they write, and pytest can clean the tree up. lighttpd 1.4.69 runs as root
+when ``server.username`` is not set (it only switches users when told to), so nothing is
+needed there. As a non-root user, both servers simply run as that user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+
+from django_resto.http_server import TestHttpServer
+
+__all__ = [
+    "MEDIA_SERVER_KINDS",
+    "LighttpdDav",
+    "NginxDav",
+    "RealServerError",
+    "free_port",
+    "lighttpd_dav",
+    "media_server_factory",
+    "nginx_dav",
+    "resto_test_server",
+]
+
+#: The kinds ``media_server_factory`` accepts.
+MEDIA_SERVER_KINDS = ("test", "test-strict", "nginx", "lighttpd")
+
+STARTUP_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+REALM = "django_resto"
+
+
+class RealServerError(RuntimeError):
+    """A real server binary is missing, or did not start / stop as expected."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the servers are told to bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _find_binary(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if found is None:
+        package = "nginx-light (or nginx)" if name == "nginx" else "lighttpd lighttpd-mod-webdav"
+        raise RealServerError(
+            f"{name} binary not found in PATH or /usr/sbin: install it "
+            f"(apt-get install {package}); the real-server tests need it."
+        )
+    return found
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Terminate the process group we created for ``process``, bounded in time.
+
+    The group is signalled while the leader is still unreaped (a zombie at worst), so its
+    id cannot have been reused by an unrelated process.
+    """
+    if process.returncode is not None:
+        return
+    pgid = process.pid  # start_new_session=True: the leader's pid is the group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        # WNOWAIT: learn that the leader exited without reaping it yet.
+        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is not None:
+            break
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)  # leftover workers, or a leader that ignored TERM
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired as error:  # pragma: no cover - SIGKILL is not ignorable
+        raise RealServerError(f"process {process.pid} did not die after SIGKILL") from error
+
+
+class _RealServer:
+    """Common part of NginxDav and LighttpdDav: directories, process, file helpers."""
+
+    kind = ""
+    binary_name = ""
+    strict = False
+
+    def __init__(
+        self,
+        tmp_dir: str | os.PathLike[str],
+        base_path: str = "/media/",
+        credentials: tuple[str, str] | None = None,
+        *,
+        port: int = 0,
+    ) -> None:
+        if not base_path.startswith("/"):
+            raise ValueError(f"base_path must start with '/', got {base_path!r}")
+        self.base_path = base_path if base_path.endswith("/") else base_path + "/"
+        self.credentials = credentials
+        self.work_dir = Path(tempfile.mkdtemp(prefix=f"{self.kind}-", dir=tmp_dir))
+        self.docroot = self.work_dir / "htdocs"
+        # The document root maps URL "/", so the media root is docroot + base_path: URLs
+        # under base_path and file names below root match one to one.
+        self._root = self.docroot.joinpath(*[p for p in self.base_path.split("/") if p])
+        self.temp_dir = self.work_dir / "tmp"  # request bodies: same filesystem as root
+        self.config_file = self.work_dir / f"{self.kind}.conf"
+        self.error_log = self.work_dir / "error.log"
+        self.access_log = self.work_dir / "access.log"
+        self.output_log = self.work_dir / "output.log"  # the process's stdout and stderr
+        self._root.mkdir(parents=True)
+        self.temp_dir.mkdir()
+        self._port = port
+        self._process: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def config(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def command(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start the server and wait until it accepts connections."""
+        if self._process is not None:
+            raise RealServerError(f"{self.kind} is already running")
+        self.binary = _find_binary(self.binary_name)
+        pick_port = self._port == 0
+        for attempt in range(3):
+            if pick_port:
+                self._port = free_port()
+            try:
+                self._spawn()
+                return self
+            except RealServerError:
+                # Another process may have taken the port between free_port() and the bind.
+                if pick_port and attempt < 2 and "in use" in self.logs():
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _spawn(self) -> None:
+        self.config_file.write_text(self.config())
+        if self.credentials is not None:
+            user, password = self.credentials
+            self.write_password_file(user, password)
+        for log in (self.output_log, self.error_log):
+            log.write_bytes(b"")
+        with self.output_log.open("ab") as output:
+            process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() kills workers too
+                cwd=self.work_dir,
+            )
+        self._process = process
+        self._finalizer = weakref.finalize(self, _kill_group, process)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self._forget_process()
+                raise RealServerError(
+                    f"{self.kind} exited with status {process.returncode} at startup.\n"
+                    + self.logs()
+                )
+            if _port_open("127.0.0.1", self._port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RealServerError(
+            f"{self.kind} did not listen on 127.0.0.1:{self._port} within "
+            f"{STARTUP_TIMEOUT:.0f}s.\n" + self.logs()
+        )
+
+    def stop(self) -> None:
+        """Stop the server (process group), bounded in time; the files stay on disk."""
+        process = self._process
+        if process is None:
+            return
+        try:
+            _kill_group(process)
+        finally:
+            self._forget_process()
+
+    def _forget_process(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._process = self._finalizer = None
+
+    def restart(self) -> Self:
+        """Stop and start again on the same port, with the same files."""
+        self.stop()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The main process id, while running."""
+        return None if self._process is None else self._process.pid
+
+    def logs(self) -> str:
+        """The server's output and error log, for assertion messages."""
+        parts = []
+        for log in (self.output_log, self.error_log):
+            text = log.read_text(errors="replace") if log.exists() else ""
+            parts.append(f"--- {log.name} ---\n{text.strip() or '(empty)'}")
+        parts.append(f"--- {self.config_file.name} ---\n{self._safe_config()}")
+        return "\n".join(parts)
+
+    def _safe_config(self) -> str:
+        try:
+            return self.config_file.read_text()
+        except OSError:
+            return "(not written)"
+
+    def write_password_file(self, user: str, password: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses -----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if not self._port:
+            raise RealServerError("the port is known once the server has started")
+        return self._port
+
+    @property
+    def host(self) -> str:
+        """``"127.0.0.1:PORT"``, as in the library's ``hosts`` setting."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    listing_prefix: str | None = None
+
+    # -- files ---------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """The directory holding the files served under ``base_path``."""
+        return self._root
+
+    def path(self, name: str) -> Path:
+        parts = [part for part in name.split("/") if part]
+        if name.startswith("/") or any(part in (".", "..") for part in parts):
+            raise ValueError(f"{name!r} is not a relative name inside the server root")
+        return self._root.joinpath(*parts)
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return self.path(name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def names(self) -> list[str]:
+        """Sorted relative names of every file below root."""
+        names = []
+        for dirpath, _dirnames, filenames in os.walk(self._root):
+            relative = Path(dirpath).relative_to(self._root)
+            names.extend((relative / filename).as_posix() for filename in filenames)
+        return sorted(names)
+
+    def files(self) -> dict[str, bytes]:
+        """``{relative name: content}`` of every file below root, sorted by name."""
+        return {name: (self._root / name).read_bytes() for name in self.names()}
+
+    def __repr__(self) -> str:
+        state = self.url if self.running else "stopped"
+        return f"<{type(self).__name__} {state} base_path={self.base_path!r}>"
+
+
+class NginxDav(_RealServer):
+    """nginx with ``dav_methods PUT DELETE; create_full_put_path on;`` (like our role).
+
+    The media files are served under ``base_path``; an ``autoindex_format json`` listing of
+    the same root is served under ``/_resto/list/``. With ``credentials``, every method but
+    GET and HEAD on media, and the listing, need HTTP Basic auth.
+    """
+
+    kind = "nginx"
+    binary_name = "nginx"
+    strict = False
+    listing_prefix = "/_resto/list/"
+
+    def command(self) -> list[str]:
+        # -e: the error log from the very start (before the config is read); -p: prefix for
+        # relative paths, so nothing falls back to /var/lib/nginx or /var/log/nginx.
+        return [
+            self.binary,
+            "-p",
+            f"{self.work_dir}/",
+            "-e",
+            str(self.error_log),
+            "-c",
+            str(self.config_file),
+        ]
+
+    def write_password_file(self, user: str, password: str) -> None:
+        # nginx understands the "{PLAIN}" scheme: no crypt() needed (the crypt module is
+        # deprecated and gone in Python 3.13).
+        (self.work_dir / "htpasswd").write_text(f"{user}:{{PLAIN}}{password}\n")
+
+    def config(self) -> str:
+        temp = self.temp_dir
+        auth = ""
+        if self.credentials is not None:
+            auth = f'auth_basic "{REALM}"; auth_basic_user_file {self.work_dir}/htpasswd;'
+        media_auth = f"limit_except GET {{ {auth} }}" if auth else ""  # GET implies HEAD
+        user = "user root root;" if os.geteuid() == 0 else ""  # see the module docstring
+        return f"""\
+# Generated by tests/servers.py for one test run.
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {self.work_dir}/nginx.pid;
+error_log {self.error_log} info;
+events {{ worker_connections 512; }}
+http {{
+    default_type application/octet-stream;
+    types {{ image/jpeg jpg jpeg; image/png png; text/plain txt; }}
+    access_log {self.access_log};
+    sendfile on;
+    keepalive_timeout 65;
+    keepalive_requests 100000;
+    client_max_body_size 1g;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    server {{
+        listen 127.0.0.1:{self._port};
+        server_name localhost;
+        location {self.base_path} {{
+            root {self.docroot};
+            dav_methods PUT DELETE;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+            {media_auth}
+        }}
+        location {self.listing_prefix} {{
+            alias {self._root}/;
+            autoindex on;
+            autoindex_format json;
+            {auth}
+        }}
+    }}
+}}
+"""
+
+
+class LighttpdDav(_RealServer):
+    """lighttpd 1.4 with mod_webdav enabled under ``base_path`` (strict WebDAV).
+
+    PUT into a missing collection answers 409; MKCOL and PROPFIND (Depth 0/1) work. With
+    ``credentials``, every method but GET and HEAD needs HTTP Basic auth.
+    """
+
+    kind = "lighttpd"
+    binary_name = "lighttpd"
+    strict = True
+    listing_prefix = None
+
+    def command(self) -> list[str]:
+        return [self.binary, "-D", "-f", str(self.config_file)]
+
+    def write_password_file(self, user: str, password: str) -> None:
+        (self.work_dir / "lighttpd.user").write_text(f"{user}:{password}\n")
+
+    def config(self) -> str:
+        auth = ""
+        if self.credentials is not None:
+            auth = f"""
+auth.backend = "plain"
+auth.backend.plain.userfile = "{self.work_dir}/lighttpd.user"
+$HTTP["request-method"] !~ "^(GET|HEAD)$" {{
+    auth.require = ( "" => ( "method" => "basic", "realm" => "{REALM}",
+                             "require" => "valid-user" ) )
+}}
+"""
+        return f"""\
+# Generated by tests/servers.py for one test run.
+# mod_auth must come before mod_webdav, so it runs first.
+server.modules = ( "mod_auth", "mod_authn_file", "mod_webdav", "mod_accesslog" )
+server.document-root = "{self.docroot}"
+server.bind = "127.0.0.1"
+server.port = {self._port}
+server.errorlog = "{self.error_log}"
+accesslog.filename = "{self.access_log}"
+server.upload-dirs = ( "{self.temp_dir}" )
+# In kilobytes: 1 GiB.
+server.max-request-size = 1048576
+server.max-keep-alive-requests = 100000
+mimetype.assign = ( ".jpg" => "image/jpeg", ".png" => "image/png", ".txt" => "text/plain",
+                    "" => "application/octet-stream" )
+$HTTP["url"] =^ "{self.base_path}" {{
+    webdav.activate = "enable"
+}}
+{auth}
+"""
+
+
+# -- pytest fixtures ---------------------------------------------------------------------
+
+MediaServer = TestHttpServer | NginxDav | LighttpdDav
+
+
+@pytest.fixture
+def media_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., MediaServer]]:
+    """Return ``make(kind="test", *, base_path="/media/", credentials=None, **kwargs)``.
+
+    ``kind`` is one of ``MEDIA_SERVER_KINDS``: "test" (TestHttpServer, nginx-like),
+    "test-strict" (TestHttpServer, lighttpd-like), "nginx" or "lighttpd" (real processes).
+    Each call returns a started server; all are stopped at teardown. A missing nginx or
+    lighttpd binary makes the test fail with a clear message (CI installs them), never
+    skip.
+    """
+    servers: list[MediaServer] = []
+
+    def make(
+        kind: str = "test",
+        *,
+        base_path: str = "/media/",
+        credentials: tuple[str, str] | None = None,
+        **kwargs: Any,
+    ) -> MediaServer:
+        server: MediaServer
+        if kind in ("test", "test-strict"):
+            server = TestHttpServer(
+                strict=kind == "test-strict",
+                base_path=base_path,
+                credentials=credentials,
+                **kwargs,
+            )
+        elif kind in ("nginx", "lighttpd"):
+            cls = NginxDav if kind == "nginx" else LighttpdDav
+            tmp_dir = tmp_path_factory.mktemp(kind)
+            server = cls(tmp_dir, base_path=base_path, credentials=credentials, **kwargs)
+        else:
+            raise ValueError(f"unknown media server kind {kind!r}, not in {MEDIA_SERVER_KINDS}")
+        servers.append(server)
+        try:
+            server.start()
+        except RealServerError as error:
+            pytest.fail(str(error), pytrace=False)
+        return server
+
+    yield make
+    errors = []
+    for server in reversed(servers):
+        try:
+            server.stop()
+        except Exception as error:  # stop them all, then report
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def resto_test_server(media_server_factory: Callable[..., MediaServer]) -> MediaServer:
+    """A started permissive ``TestHttpServer`` with ``base_path="/media/"``."""
+    return media_server_factory("test")
+
+
+@pytest.fixture
+def nginx_dav(media_server_factory: Callable[..., MediaServer]) -> MediaServer:
+    """A started real nginx (``NginxDav``) with ``base_path="/media/"``."""
+    return media_server_factory("nginx")
+
+
+@pytest.fixture
+def lighttpd_dav(media_server_factory: Callable[..., MediaServer]) -> MediaServer:
+    """A started real lighttpd (``LighttpdDav``) with ``base_path="/media/"``."""
+    return media_server_factory("lighttpd")

@@ -1,0 +1,266 @@
+"""HostTransport against the in-process server: statuses, MKCOL, quoting, auth, faults."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import time
+
+import pytest
+import requests
+
+from django_resto.settings import parse_host
+from django_resto.transport import (
+    BytesBody,
+    FileBody,
+    HostTransport,
+    PutResult,
+    UnexpectedStatusCode,
+)
+
+
+def transport_for(server, **kwargs) -> HostTransport:
+    kwargs.setdefault("timeout", 2)
+    return HostTransport(parse_host(server.host), "/media/", **kwargs)
+
+
+def methods(server, count: int) -> list[tuple[str, str, int]]:
+    """The request log, once ``count`` requests are in it (the server logs after answering)."""
+    assert server.wait_for_requests(count, timeout=5)
+    return [(r.method, r.path, r.status) for r in server.requests]
+
+
+def last(server, count: int):
+    assert server.wait_for_requests(count, timeout=5)
+    return server.requests[-1]
+
+
+def test_put_created_then_replaced(test_servers):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    assert transport.put("a.txt", BytesBody(b"one")) == PutResult(created=True)
+    assert transport.put("a.txt", BytesBody(b"two")) == PutResult(created=False)
+    assert server.read("a.txt") == b"two"
+
+
+def test_nested_put_costs_one_request_on_a_permissive_server(test_servers):
+    (server,) = test_servers()
+    transport_for(server).put("uploads/2026/11/x.jpg", BytesBody(b"x"))
+    assert methods(server, 1) == [("PUT", "/media/uploads/2026/11/x.jpg", 201)]
+
+
+def test_strict_server_gets_mkcol_parents_first_then_the_put_again(test_servers):
+    (server,) = test_servers(strict=True)
+    result = transport_for(server).put("uploads/2026/x.jpg", BytesBody(b"x"))
+    assert result == PutResult(created=True, collections_created=2)
+    assert methods(server, 5) == [
+        ("PUT", "/media/uploads/2026/x.jpg", 409),
+        ("MKCOL", "/media/", 405),  # the media collection exists already
+        ("MKCOL", "/media/uploads/", 201),
+        ("MKCOL", "/media/uploads/2026/", 201),
+        ("PUT", "/media/uploads/2026/x.jpg", 201),
+    ]
+    assert server.read("uploads/2026/x.jpg") == b"x"
+    # Once the collections exist, a second file in them costs one request.
+    server.clear_log()
+    transport_for(server).put("uploads/2026/y.jpg", BytesBody(b"y"))
+    assert methods(server, 1) == [("PUT", "/media/uploads/2026/y.jpg", 201)]
+
+
+def test_strict_server_without_media_collection(test_servers, tmp_path):
+    (server,) = test_servers(strict=True, base_path="/")
+    transport = HostTransport(parse_host(server.host), "/media/", timeout=2)
+    transport.put("a/b.txt", BytesBody(b"b"))
+    assert methods(server, 4) == [
+        ("PUT", "/media/a/b.txt", 409),
+        ("MKCOL", "/media/", 201),
+        ("MKCOL", "/media/a/", 201),
+        ("PUT", "/media/a/b.txt", 201),
+    ]
+    assert server.read("media/a/b.txt") == b"b"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["héllo wörld.txt", "100%.txt", "a#b.txt", "what?.txt", "a+b.txt", "日本/写真.png", "~x.txt"],
+)
+def test_names_are_quoted_and_arrive_intact(test_servers, name):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    transport.put(name, BytesBody(name.encode()))
+    assert server.read(name) == name.encode()
+    assert transport.head(name) is not None
+    assert transport.delete(name) is True
+    assert not server.exists(name)
+
+
+def test_file_body_streams_from_disk(test_servers, tmp_path):
+    (server,) = test_servers()
+    source = tmp_path / "big.bin"
+    source.write_bytes(bytes(range(256)) * 4096 * 3)  # 3 MiB
+    transport_for(server).put("big.bin", FileBody(source))
+    assert server.read("big.bin") == source.read_bytes()
+    assert last(server, 1).headers.get("Content-Length") == str(3 * 1024 * 1024)
+
+
+def test_empty_body_is_sent_with_content_length_zero(test_servers, tmp_path):
+    (server,) = test_servers()
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    transport_for(server).put("empty.txt", FileBody(empty))
+    assert server.read("empty.txt") == b""
+    assert last(server, 1).headers.get("Content-Length") == "0"
+
+
+@pytest.mark.parametrize("status", [200, 202, 301, 403, 500, 507])
+def test_put_unexpected_status_names_host_method_url_status(test_servers, status):
+    (server,) = test_servers()
+    server.fail_next(status, methods="PUT")
+    with pytest.raises(UnexpectedStatusCode) as info:
+        transport_for(server).put("x y.txt", BytesBody(b"x"))
+    error = info.value
+    assert (error.host, error.method, error.status) == (server.host, "PUT", status)
+    assert error.url == f"{server.url}/media/x%20y.txt"
+    assert str(error).startswith(f"PUT {server.url}/media/x%20y.txt on host {server.host}")
+    assert str(status) in str(error)
+    assert pickle.loads(pickle.dumps(error)).status == status
+
+
+def test_409_on_a_flat_name_is_not_retried(test_servers):
+    (server,) = test_servers(base_path="/")
+    server.fail_next(409, methods="PUT")
+    transport = HostTransport(parse_host(server.host), "/", timeout=2)
+    with pytest.raises(UnexpectedStatusCode, match="409"):
+        transport.put("flat.txt", BytesBody(b"x"))
+    assert methods(server, 1) == [("PUT", "/flat.txt", 409)]
+
+
+def test_mkcol_failure_is_reported(test_servers):
+    (server,) = test_servers(strict=True)
+    server.fail_next(409, methods="PUT")
+    server.fail_next(500, methods="MKCOL")
+    with pytest.raises(UnexpectedStatusCode) as info:
+        transport_for(server).put("a/b.txt", BytesBody(b"x"))
+    assert (info.value.method, info.value.status) == ("MKCOL", 500)
+
+
+def test_delete_statuses(test_servers):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    server.write("a.txt", b"a")
+    assert transport.delete("a.txt") is True
+    assert transport.delete("a.txt") is False  # 404: already gone
+    server.fail_next(200, methods="DELETE")
+    assert transport.delete("whatever.txt") is True
+    for status in (202, 403, 500):
+        server.fail_next(status, methods="DELETE")
+        with pytest.raises(UnexpectedStatusCode) as info:
+            transport.delete("a.txt")
+        assert (info.value.method, info.value.status) == ("DELETE", status)
+
+
+def test_head_and_get(test_servers):
+    (server,) = test_servers()
+    server.write("a.txt", b"hello")
+    transport = transport_for(server)
+    assert transport.head("a.txt").headers["Content-Length"] == "5"
+    assert transport.head("missing.txt") is None
+    response = transport.get("a.txt")
+    assert response.raw.read() == b"hello"
+    with pytest.raises(FileNotFoundError, match=f"missing.txt does not exist on {server.host}"):
+        transport.get("missing.txt")
+
+
+def test_connection_refused(test_servers):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    transport = HostTransport(parse_host(f"127.0.0.1:{port}"), "/media/", timeout=2)
+    with pytest.raises(requests.ConnectionError):
+        transport.put("a.txt", BytesBody(b"x"))
+
+
+def test_hanging_server_times_out(test_servers):
+    (server,) = test_servers()
+    server.hang()
+    transport = transport_for(server, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(requests.Timeout):
+        transport.put("a.txt", BytesBody(b"x"))
+    assert time.monotonic() - start < 5  # bounded: not retried, not hung
+    server.release()
+    assert not server.exists("a.txt")
+
+
+def test_one_dropped_connection_is_retried_once(test_servers):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    server.drop_next(1, methods="PUT")
+    assert transport.put("a.txt", BytesBody(b"x")).created is True
+    assert [(method, status) for method, _, status in methods(server, 2)] == [
+        ("PUT", None),
+        ("PUT", 201),
+    ]
+    assert server.read("a.txt") == b"x"
+
+
+def test_a_server_that_always_drops_connections_fails(test_servers):
+    (server,) = test_servers()
+    server.drop_connections(True)
+    with pytest.raises(requests.ConnectionError):
+        transport_for(server).put("a.txt", BytesBody(b"x"))
+    assert [(method, status) for method, _, status in methods(server, 2)] == [
+        ("PUT", None),
+        ("PUT", None),
+    ]
+
+
+def test_keep_alive_reuses_one_connection(test_servers):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    for index in range(5):
+        transport.put(f"{index}.txt", BytesBody(b"x"))
+    pools = transport.session.get_adapter(server.url).poolmanager.pools
+    (pool,) = [pools[key] for key in pools.keys()]
+    assert pool.num_connections == 1  # five requests, one TCP connection
+    assert pool.num_requests == 5
+
+
+def test_basic_auth_only_on_write_methods(test_servers):
+    (server,) = test_servers(credentials=("writer", "s3cret"))
+    server.write("public.txt", b"p")
+    anonymous = transport_for(server)
+    with pytest.raises(UnexpectedStatusCode, match="401"):
+        anonymous.put("a.txt", BytesBody(b"x"))
+    writer = transport_for(server, auth=("writer", "s3cret"))
+    assert writer.put("a.txt", BytesBody(b"x")).created
+    assert writer.head("public.txt") is not None
+    assert last(server, 3).method == "HEAD"
+    assert "Authorization" not in last(server, 3).headers  # reads carry no credentials
+    assert writer.delete("a.txt") is True
+
+
+def test_token_header(test_servers):
+    (server,) = test_servers()
+    transport_for(server, token="abc123").put("a.txt", BytesBody(b"x"))
+    assert last(server, 1).headers["Authorization"] == "Bearer abc123"
+    transport_for(server, token="abc123", token_header="X-Media-Token").delete("a.txt")
+    assert last(server, 2).headers["X-Media-Token"] == "abc123"
+
+
+def test_credentials_never_in_errors(test_servers):
+    (server,) = test_servers(credentials=("writer", "s3cret"))
+    server.fail_next(500, methods="PUT")
+    with pytest.raises(UnexpectedStatusCode) as info:
+        transport_for(server, auth=("writer", "s3cret"), token="t0ken").put("a", BytesBody(b""))
+    assert "s3cret" not in str(info.value) and "t0ken" not in str(info.value)
+    assert "s3cret" not in repr(info.value.args)
+
+
+def test_transport_pickles_without_its_session(test_servers):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    transport.put("a.txt", BytesBody(b"x"))
+    clone = pickle.loads(pickle.dumps(transport))
+    assert clone._session is None
+    assert clone.put("a.txt", BytesBody(b"y")).created is False
