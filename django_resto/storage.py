@@ -156,6 +156,13 @@ class ReplicatedStorageMixin:
             self._journal_key = key
         return key
 
+    def save(self, name: str | None, content: File, max_length: int | None = None) -> str:
+        # Django turns backslashes into slashes before anything else sees the name;
+        # we refuse them instead (see names.py), so check the name as it was given.
+        if name is not None:
+            validate_name(str(name))
+        return super().save(name, content, max_length=max_length)  # type: ignore[misc]
+
     # --- transport ---------------------------------------------------------
 
     @property
@@ -550,6 +557,8 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
     def _ask(self, operation: str, name: str, func: Callable[[HostTransport], Any]) -> Any:
         """Ask one host, falling over to the next one when it cannot answer."""
         validate_name(name)
+        if not self.hosts:
+            raise ImproperlyConfigured("DistributedStorage has no media hosts to read from.")
         failures: list[Outcome] = []
         for host in self.hosts:
             try:

@@ -221,7 +221,7 @@ def test_keep_alive_reuses_one_connection(test_servers):
     for index in range(5):
         transport.put(f"{index}.txt", BytesBody(b"x"))
     pools = transport.session.get_adapter(server.url).poolmanager.pools
-    (pool,) = [pools[key] for key in pools.keys()]
+    (pool,) = [pools[key] for key in pools.keys()]  # noqa: SIM118 - it cannot be iterated
     assert pool.num_connections == 1  # five requests, one TCP connection
     assert pool.num_requests == 5
 
