@@ -42,3 +42,12 @@ def resto_log(caplog):
     """Records of the django_resto logger, at every level."""
     caplog.set_level(logging.DEBUG, logger="django_resto")
     return caplog
+
+
+# Real nginx / lighttpd processes and the generic factory (see tests/servers.py).
+from tests.servers import (  # noqa: E402, F401
+    lighttpd_dav,
+    media_server_factory,
+    nginx_dav,
+    resto_test_server,
+)

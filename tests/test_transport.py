@@ -264,3 +264,25 @@ def test_transport_pickles_without_its_session(test_servers):
     clone = pickle.loads(pickle.dumps(transport))
     assert clone._session is None
     assert clone.put("a.txt", BytesBody(b"y")).created is False
+
+
+def test_empty_put_answered_500_gets_parents_like_lighttpd(test_servers):
+    # lighttpd answers 500, not 409, to an empty PUT into a missing collection.
+    (server,) = test_servers(strict=True)
+    server.fail_next(500, methods="PUT")
+    result = transport_for(server).put("a/empty.txt", BytesBody(b""))
+    assert result == PutResult(created=True, collections_created=1)
+    assert [(m, s) for m, _, s in methods(server, 4)] == [
+        ("PUT", 500),
+        ("MKCOL", 405),
+        ("MKCOL", 201),
+        ("PUT", 201),
+    ]
+
+
+def test_a_500_with_a_body_is_not_mistaken_for_a_missing_parent(test_servers):
+    (server,) = test_servers(strict=True)
+    server.fail_next(500, methods="PUT")
+    with pytest.raises(UnexpectedStatusCode, match="500"):
+        transport_for(server).put("a/full.txt", BytesBody(b"x"))
+    assert [m for m, _, _ in methods(server, 1)] == ["PUT"]
