@@ -58,7 +58,7 @@ def test_rows_remain_while_hosts_are_down(setup):
     assert len(err.strip().splitlines()) == 6
     assert all(": ConnectionError: " in line for line in err.strip().splitlines())
     # One failed write and one failed repair; gone.txt also had its failed delete.
-    assert sorted(PendingReplication.objects.values_list("name", "attempts").distinct()) == [
+    assert sorted(set(PendingReplication.objects.values_list("name", "attempts"))) == [
         ("a/1.txt", 2),
         ("a/2.txt", 2),
         ("gone.txt", 3),
