@@ -26,6 +26,7 @@ needed there. As a non-root user, both servers simply run as that user.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -46,6 +47,8 @@ from django_resto.http_server import TestHttpServer
 __all__ = [
     "MEDIA_SERVER_KINDS",
     "LighttpdDav",
+    "MediaServer",
+    "MediaServerPool",
     "NginxDav",
     "RealServerError",
     "free_port",
@@ -85,12 +88,22 @@ def _find_binary(name: str) -> str:
     return found
 
 
-def _port_open(host: str, port: int) -> bool:
+def _answers_as(port: int, product: str) -> bool:
+    """Whether ``product`` (nginx, lighttpd) answers HTTP on the port.
+
+    Checking the Server header, not just that the port accepts connections, guards against
+    another process that took the port between ``free_port()`` and our server's bind.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
+        connection.request("HEAD", "/_resto_readiness_probe")
+        response = connection.getresponse()
+        response.read()
+        return response.getheader("Server", "").startswith(product)
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        connection.close()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -207,7 +220,7 @@ class _RealServer:
                     f"{self.kind} exited with status {process.returncode} at startup.\n"
                     + self.logs()
                 )
-            if _port_open("127.0.0.1", self._port):
+            if _answers_as(self._port, self.binary_name):
                 return
             time.sleep(0.05)
         self.stop()
@@ -391,7 +404,10 @@ events {{ worker_connections 512; }}
 http {{
     default_type application/octet-stream;
     types {{ image/jpeg jpg jpeg; image/png png; text/plain txt; }}
-    access_log {self.access_log};
+    # $connection in the log lets tests check that clients reuse keep-alive connections.
+    log_format resto '$remote_addr "$request" $status $body_bytes_sent '
+                     'connection=$connection requests=$connection_requests';
+    access_log {self.access_log} resto;
     sendfile on;
     keepalive_timeout 65;
     keepalive_requests 100000;
@@ -478,27 +494,23 @@ $HTTP["url"] =^ "{self.base_path}" {{
 MediaServer = TestHttpServer | NginxDav | LighttpdDav
 
 
-@pytest.fixture
-def media_server_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., MediaServer]]:
-    """Return ``make(kind="test", *, base_path="/media/", credentials=None, **kwargs)``.
+class MediaServerPool:
+    """Starts media servers of any kind and stops them all at once (the factory fixture's
+    engine, usable without pytest fixtures too)."""
 
-    ``kind`` is one of ``MEDIA_SERVER_KINDS``: "test" (TestHttpServer, nginx-like),
-    "test-strict" (TestHttpServer, lighttpd-like), "nginx" or "lighttpd" (real processes).
-    Each call returns a started server; all are stopped at teardown. A missing nginx or
-    lighttpd binary makes the test fail with a clear message (CI installs them), never
-    skip.
-    """
-    servers: list[MediaServer] = []
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self.servers: list[MediaServer] = []
 
     def make(
+        self,
         kind: str = "test",
         *,
         base_path: str = "/media/",
         credentials: tuple[str, str] | None = None,
         **kwargs: Any,
     ) -> MediaServer:
+        """Return a started server of ``kind`` (one of ``MEDIA_SERVER_KINDS``)."""
         server: MediaServer
         if kind in ("test", "test-strict"):
             server = TestHttpServer(
@@ -509,26 +521,48 @@ def media_server_factory(
             )
         elif kind in ("nginx", "lighttpd"):
             cls = NginxDav if kind == "nginx" else LighttpdDav
-            tmp_dir = tmp_path_factory.mktemp(kind)
+            tmp_dir = self._tmp_path_factory.mktemp(kind)
             server = cls(tmp_dir, base_path=base_path, credentials=credentials, **kwargs)
         else:
             raise ValueError(f"unknown media server kind {kind!r}, not in {MEDIA_SERVER_KINDS}")
-        servers.append(server)
+        self.servers.append(server)
         try:
             server.start()
         except RealServerError as error:
+            # Fail, never skip: CI installs nginx and lighttpd, so this is a real problem.
             pytest.fail(str(error), pytrace=False)
         return server
 
-    yield make
-    errors = []
-    for server in reversed(servers):
-        try:
-            server.stop()
-        except Exception as error:  # stop them all, then report
-            errors.append(error)
-    if errors:
-        raise errors[0]
+    def stop_all(self) -> None:
+        """Stop every server (all of them, even if one fails), then raise the first error."""
+        errors = []
+        for server in reversed(self.servers):
+            try:
+                server.stop()
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def media_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., MediaServer]]:
+    """Return ``make(kind="test", *, base_path="/media/", credentials=None, **kwargs)``.
+
+    ``kind`` is one of ``MEDIA_SERVER_KINDS``: "test" (TestHttpServer, nginx-like),
+    "test-strict" (TestHttpServer, lighttpd-like), "nginx" or "lighttpd" (real processes).
+    Each call returns a started server; all are stopped at teardown. A missing nginx or
+    lighttpd binary makes the test fail with a clear message (CI installs them), never
+    skip. Extra keyword arguments go to the server class (e.g. ``root=`` for TestHttpServer,
+    ``port=`` for the real ones).
+    """
+    pool = MediaServerPool(tmp_path_factory)
+    try:
+        yield pool.make
+    finally:
+        pool.stop_all()
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_malformed_host_raises_at_init():
 
 
 def test_min_replicas_above_host_count():
-    with pytest.raises(ImproperlyConfigured, match="min_replicas=3 .* 2 configured"):
+    with pytest.raises(ImproperlyConfigured, match=r"min_replicas=3 .* 2 configured"):
         HybridStorage(hosts=["a:1", "b:2"], min_replicas=3)
 
 
