@@ -6,6 +6,7 @@ so that every problem is listed at once instead of the first one raised.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any
 
 from django.conf import settings
@@ -30,9 +31,15 @@ def _resto_storages() -> list[tuple[str, type, dict[str, Any]]]:
     return found
 
 
+def _tasks_framework_installed() -> bool:
+    # find_spec, not importing django_resto.tasks: that module declares its task, which
+    # needs the TASKS setting to be right, and reporting that is not this check's job.
+    return find_spec("django.tasks") is not None or find_spec("django_tasks") is not None
+
+
 @register(Tags.compatibility, "django_resto")
 def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from .storage import DistributedStorage
+    from .storage import AsyncStorage, DistributedStorage
 
     messages: list[CheckMessage] = []
     for alias, backend, options in _resto_storages():
@@ -98,6 +105,21 @@ def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     f"{len(hosts)} configured host(s): every write would fail.",
                     obj=where,
                     id="django_resto.E005",
+                )
+            )
+        if (
+            issubclass(backend, AsyncStorage)
+            and resolved["replicate_with"] == "tasks"
+            and not _tasks_framework_installed()
+        ):
+            messages.append(
+                Error(
+                    "replicate_with='tasks' but no tasks framework is installed: every "
+                    "upload would fail to schedule its replication.",
+                    hint="Use Django >= 6.0 (django.tasks), or install the django-tasks "
+                    "backport: pip install 'django-resto[tasks]'.",
+                    obj=where,
+                    id="django_resto.E006",
                 )
             )
     return messages

@@ -34,13 +34,13 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
-from django.conf import settings
 
 from .exceptions import describe
-from .transport import BytesBody, HostTransport, UnexpectedStatusCode, _stale_connection
+from .settings import get_setting
+from .transport import BytesBody, HostTransport, UnexpectedStatusCode
 
 logger = logging.getLogger("django_resto")
 
@@ -119,7 +119,7 @@ class ListingError(Exception):
 
 def listing_prefix() -> str:
     """The URL path of the JSON listing, from ``RESTO_LISTING_PREFIX``."""
-    prefix = getattr(settings, "RESTO_LISTING_PREFIX", DEFAULT_LISTING_PREFIX) or ""
+    prefix = get_setting("LISTING_PREFIX") or ""
     if not prefix.startswith("/"):
         prefix = "/" + prefix
     if not prefix.endswith("/"):
@@ -210,26 +210,10 @@ def _propfind(transport: HostTransport, directory: str) -> requests.Response:
 def _listing_get(transport: HostTransport, path: str) -> requests.Response:
     """GET a listing URL (outside the media prefix) with the storage's credentials.
 
-    HostTransport only authenticates write methods, and ``request`` only reaches
-    names below the media prefix, hence this helper on the transport's own
-    session (same pool, same keep-alive, same stale-connection retry).
+    Media servers protect the listing like the write methods, so it is sent with
+    ``authenticate=True``, on the transport's pooled session.
     """
-    url = transport.host.origin + quote(path, safe="/")
-    headers = {"Accept": "application/json", **transport._auth_headers}
-    for attempt in (1, 2):
-        try:
-            return transport.session.get(
-                url,
-                headers=headers,
-                auth=transport._auth,
-                timeout=transport.timeout,
-                allow_redirects=False,
-            )
-        except requests.ConnectionError as exc:
-            if attempt == 1 and _stale_connection(exc):
-                continue
-            raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    return transport.send("GET", path, headers={"Accept": "application/json"}, authenticate=True)
 
 
 def _json_array(response: requests.Response) -> list[object] | None:

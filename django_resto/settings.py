@@ -31,7 +31,18 @@ OPTIONS: dict[str, tuple[str | None, Any]] = {
     "min_replicas": ("RESTO_MIN_REPLICAS", None),
     "max_workers": ("RESTO_MAX_WORKERS", None),
     "async_workers": ("RESTO_ASYNC_WORKERS", 4),
+    # AsyncStorage only: "threads" (the in-process pool) or "tasks" (Django's Tasks
+    # framework, so replication survives the web process and runs in workers).
+    "replicate_with": ("RESTO_REPLICATE_WITH", "threads"),
+    # The TASKS alias and the queue that replication tasks are enqueued on.
+    "task_backend": ("RESTO_TASK_BACKEND", "default"),
+    "task_queue": ("RESTO_TASK_QUEUE", "default"),
+    # Where nginx serves the JSON autoindex that resto_sync reads (the roles' default).
+    "listing_prefix": ("RESTO_LISTING_PREFIX", "/_resto/list/"),
 }
+
+#: The values ``replicate_with`` accepts.
+REPLICATE_WITH = ("threads", "tasks")
 
 # Options that FileSystemStorage understands; the storages with a local master
 # copy pass them through untouched.
@@ -139,6 +150,19 @@ def _validate(option: str, value: Any, source: str) -> Any:
     if option == "async_workers":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail("a positive integer")
+        return value
+    if option == "replicate_with":
+        if not isinstance(value, str) or value not in REPLICATE_WITH:
+            raise fail(" or ".join(repr(choice) for choice in REPLICATE_WITH))
+        return value
+    if option == "listing_prefix":
+        if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
+            raise fail("a URL path that starts and ends with '/'")
+        return value
+    if option in ("task_backend", "task_queue"):
+        # Names, not objects: they travel to the worker with every task.
+        if not isinstance(value, str) or not value.strip() or value != value.strip():
+            raise fail("a non-empty name without surrounding spaces")
         return value
     raise AssertionError(f"no validation for option {option!r}")  # pragma: no cover
 

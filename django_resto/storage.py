@@ -112,6 +112,10 @@ class ReplicatedStorageMixin:
             )
         self.max_workers: int = resolved["max_workers"] or max(4, 4 * (len(self.hosts) - 1))
         self.async_workers: int = resolved["async_workers"]
+        self.replicate_with: str = resolved["replicate_with"]
+        self.task_backend: str = resolved["task_backend"]
+        self.task_queue: str = resolved["task_queue"]
+        self.listing_prefix: str = resolved["listing_prefix"]
         self._fanout = FanOut(self.max_workers)
         self._transports: dict[str, HostTransport] = {}
         self._transports_lock = threading.Lock()
@@ -378,7 +382,9 @@ class AsyncStorage(HybridStorage):
 
     Work goes to a bounded thread pool (``async_workers`` threads), so a burst of
     uploads queues instead of starting a thread each. Failures are logged and
-    recorded, never raised: the request that saved the file has moved on.
+    recorded, never raised: the request that saved the file has moved on. With
+    ``replicate_with="tasks"`` the work goes to worker processes through Django's
+    Tasks framework instead (see django_resto.tasks).
     """
 
     def _save(self, name: str, content: File) -> str:
@@ -416,7 +422,16 @@ class AsyncStorage(HybridStorage):
     def execute_one(
         self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
     ) -> Any:
-        """Run one per-host operation in the background. Override to use a task queue."""
+        """Run one per-host operation in the background. Override to use a task queue.
+
+        With ``replicate_with="tasks"`` it becomes a Django task enqueued when the
+        current transaction commits, carrying names only (see django_resto.tasks), and
+        None is returned; otherwise the thread pool runs it and a Future is returned.
+        """
+        if self.replicate_with == "tasks":
+            from .tasks import enqueue_on_commit
+
+            return enqueue_on_commit(self, func, host, name, *args, **kwargs)
         executor = self._async_pool()
         future = executor.submit(self.run_one, func, host, name, *args, **kwargs)
         with self._pending_lock:
@@ -439,6 +454,8 @@ class AsyncStorage(HybridStorage):
         Returns False if ``timeout`` seconds passed first. Useful in tests and on
         shutdown; at interpreter exit the pool's threads also finish their queue.
         """
+        if "_pending_lock" not in self.__dict__:
+            return True  # nothing was ever scheduled in this process's pool
         deadline = None if timeout is None else (timeout + time.monotonic())
         while True:
             with self._pending_lock:

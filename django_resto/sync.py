@@ -401,7 +401,7 @@ def audit(
                 storage.transport(host),
                 expected=reference if master else None,
                 method=method,
-                prefix=prefix,
+                prefix=storage.listing_prefix if prefix is None else prefix,
                 workers=workers,
             )
         except ListingError as exc:

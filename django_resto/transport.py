@@ -212,9 +212,9 @@ class HostTransport:
         stream: bool = False,
     ) -> requests.Response:
         """Send one request about a storage name (a path below the media prefix)."""
-        return self._send(method, self.prefix + name, body=body, headers=headers, stream=stream)
+        return self.send(method, self.prefix + name, body=body, headers=headers, stream=stream)
 
-    def _send(
+    def send(
         self,
         method: str,
         path: str,
@@ -222,12 +222,17 @@ class HostTransport:
         body: Body | None = None,
         headers: dict[str, str] | None = None,
         stream: bool = False,
+        authenticate: bool | None = None,
     ) -> requests.Response:
-        """Send one request, retrying once if a kept-alive connection went stale."""
+        """Send one request to an absolute URL path, retrying once on a stale connection.
+
+        Credentials go with write methods, and with any request when ``authenticate``
+        is True (the sync command's JSON listing is a GET that media servers protect).
+        """
         url = self._absolute_url(path)
         all_headers = dict(headers or {})
         auth = None
-        if method in WRITE_METHODS:
+        if authenticate or (authenticate is None and method in WRITE_METHODS):
             auth = self._auth
             all_headers.update(self._auth_headers)
         for attempt in (1, 2):
@@ -281,7 +286,7 @@ class HostTransport:
         ``create_full_put_path`` (nginx) pays nothing for nested names.
         """
         path = self.prefix + name
-        response = self._send("PUT", path, body=body)
+        response = self.send("PUT", path, body=body)
         response.close()
         created = 0
         # lighttpd 1.4 answers an empty PUT into a missing collection with 500, not
@@ -292,7 +297,7 @@ class HostTransport:
         )
         if missing_parent and path.strip("/").count("/"):
             created = self.make_parents(path)
-            response = self._send("PUT", path, body=body)
+            response = self.send("PUT", path, body=body)
             response.close()
         if response.status_code == 201:
             return PutResult(created=True, collections_created=created)
@@ -310,7 +315,7 @@ class HostTransport:
         created = 0
         for depth in range(1, len(segments) + 1):
             collection = "/" + "/".join(segments[:depth]) + "/"
-            response = self._send("MKCOL", collection)
+            response = self.send("MKCOL", collection)
             response.close()
             if response.status_code == 201:
                 created += 1

@@ -309,7 +309,8 @@ def test_async_records_intent_until_done_and_never_raises(test_servers, resto_lo
 @pytest.mark.django_db(transaction=True)
 def test_async_put_then_delete_ends_deleted(test_servers):
     servers = test_servers(2)
-    storage = AsyncStorage(hosts=hosts(servers), async_workers=4)
+    # A generous timeout: a failure here must mean a wrong order, not a slow machine.
+    storage = AsyncStorage(hosts=hosts(servers), async_workers=4, timeout=30)
     for _ in range(10):
         storage.save("flip.txt", ContentFile(b"x"))
         storage.delete("flip.txt")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import socket
-import time
 
 import pytest
 import requests
@@ -184,12 +183,10 @@ def test_hanging_server_times_out(test_servers):
     (server,) = test_servers()
     server.hang()
     transport = transport_for(server, timeout=0.3)
-    start = time.monotonic()
     with pytest.raises(requests.Timeout):
         transport.put("a.txt", BytesBody(b"x"))
-    assert time.monotonic() - start < 5  # bounded: not retried, not hung
+    assert server.hanging == 1  # one request, not retried
     server.release()
-    assert not server.exists("a.txt")
 
 
 def test_one_dropped_connection_is_retried_once(test_servers):
