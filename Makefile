@@ -6,7 +6,7 @@ VENV       := .venv
 VENV_DJ6   := .venv-dj6
 PYTEST_ARGS ?=
 
-.PHONY: test venvs lint test-python test-dj52 test-dj6 molecule bench clean
+.PHONY: test venvs lint test-python test-dj52 test-dj6 molecule bench demo clean
 
 test: lint test-python molecule
 
@@ -20,13 +20,15 @@ lint: venvs
 
 test-python: test-dj52 test-dj6
 
-# Django 5.2 LTS on Python 3.11
+# Django 5.2 LTS on Python 3.11: the library's suite, then the example site's.
 test-dj52: venvs
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	cd example && ../$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The newest Django 6.x on Python 3.12
 test-dj6: venvs
 	$(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
+	cd example && ../$(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
 
 molecule:
 	scripts/molecule-all
@@ -36,3 +38,11 @@ bench: venvs
 
 clean:
 	rm -rf $(VENV) $(VENV_DJ6) .venv-infra .venv-bench-legacy .pytest_cache .ruff_cache
+
+# The project's main job, end to end, on this machine: the example site (example/) takes an
+# upload through its form over real HTTP, django_resto replicates it to two local media
+# servers (real nginx and lighttpd when installed, else its own TestHttpServer), then the
+# demo prints each server's copy and the resto_sync audit, deletes it, and stops everything.
+# DEMO_ARGS="--media-servers builtin" forces the built-in servers.
+demo: venvs
+	$(VENV)/bin/python example/demo.py $(DEMO_ARGS)
