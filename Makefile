@@ -6,12 +6,14 @@ VENV       := .venv
 VENV_DJ6   := .venv-dj6
 PYTEST_ARGS ?=
 
-.PHONY: test venvs lint test-python test-dj52 test-dj6 molecule bench demo clean
+.PHONY: test venv venvs lint test-python test-dj52 test-dj6 molecule bench demo clean
 
 test: lint test-python molecule
 
-venvs:
+venv:
 	scripts/make-venv $(VENV) 3.11 "Django>=5.2,<5.3"
+
+venvs: venv
 	scripts/make-venv $(VENV_DJ6) 3.12 "Django>=6.0,<7"
 
 lint: venvs
@@ -44,5 +46,5 @@ clean:
 # servers (real nginx and lighttpd when installed, else its own TestHttpServer), then the
 # demo prints each server's copy and the resto_sync audit, deletes it, and stops everything.
 # DEMO_ARGS="--media-servers builtin" forces the built-in servers.
-demo: venvs
+demo: venv
 	$(VENV)/bin/python example/demo.py $(DEMO_ARGS)

@@ -306,15 +306,31 @@ class HostTransport:
         raise self._unexpected("PUT", path, response)
 
     def make_parents(self, path: str) -> int:
-        """MKCOL every collection above ``path``, parents first; return how many were new.
+        """Create the collections above ``path``; return how many were new.
 
-        405 means the collection exists already (RFC 4918), which is fine. The media
+        Usually only the innermost one is missing (a new month under ``uploads/``), so
+        it is tried first and the walk goes up only on 409, then creates the missing
+        ones parents first. 405 means the collection exists (RFC 4918). The media
         prefix itself is included: a fresh lighttpd root may not have ``/media/`` yet.
         """
         segments = path.strip("/").split("/")[:-1]
+        collections = [
+            "/" + "/".join(segments[:depth]) + "/" for depth in range(1, len(segments) + 1)
+        ]
         created = 0
-        for depth in range(1, len(segments) + 1):
-            collection = "/" + "/".join(segments[:depth]) + "/"
+        index = len(collections) - 1
+        while index >= 0:
+            response = self.send("MKCOL", collections[index])
+            response.close()
+            if response.status_code == 201:
+                created += 1
+                break
+            if response.status_code == 405:
+                break
+            if response.status_code != 409:
+                raise self._unexpected("MKCOL", collections[index], response)
+            index -= 1
+        for collection in collections[index + 1 :]:
             response = self.send("MKCOL", collection)
             response.close()
             if response.status_code == 201:

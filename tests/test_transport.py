@@ -52,9 +52,11 @@ def test_strict_server_gets_mkcol_parents_first_then_the_put_again(test_servers)
     (server,) = test_servers(strict=True)
     result = transport_for(server).put("uploads/2026/x.jpg", BytesBody(b"x"))
     assert result == PutResult(created=True, collections_created=2)
+    # The innermost collection is tried first; the walk goes up on 409, then creates
+    # the missing collections parents first.
     assert methods(server, 5) == [
         ("PUT", "/media/uploads/2026/x.jpg", 409),
-        ("MKCOL", "/media/", 405),  # the media collection exists already
+        ("MKCOL", "/media/uploads/2026/", 409),
         ("MKCOL", "/media/uploads/", 201),
         ("MKCOL", "/media/uploads/2026/", 201),
         ("PUT", "/media/uploads/2026/x.jpg", 201),
@@ -64,14 +66,23 @@ def test_strict_server_gets_mkcol_parents_first_then_the_put_again(test_servers)
     server.clear_log()
     transport_for(server).put("uploads/2026/y.jpg", BytesBody(b"y"))
     assert methods(server, 1) == [("PUT", "/media/uploads/2026/y.jpg", 201)]
+    # A new month below existing collections costs one MKCOL, not one per level.
+    server.clear_log()
+    transport_for(server).put("uploads/2026/12/z.jpg", BytesBody(b"z"))
+    assert methods(server, 3) == [
+        ("PUT", "/media/uploads/2026/12/z.jpg", 409),
+        ("MKCOL", "/media/uploads/2026/12/", 201),
+        ("PUT", "/media/uploads/2026/12/z.jpg", 201),
+    ]
 
 
 def test_strict_server_without_media_collection(test_servers, tmp_path):
     (server,) = test_servers(strict=True, base_path="/")
     transport = HostTransport(parse_host(server.host), "/media/", timeout=2)
     transport.put("a/b.txt", BytesBody(b"b"))
-    assert methods(server, 4) == [
+    assert methods(server, 5) == [
         ("PUT", "/media/a/b.txt", 409),
+        ("MKCOL", "/media/a/", 409),
         ("MKCOL", "/media/", 201),
         ("MKCOL", "/media/a/", 201),
         ("PUT", "/media/a/b.txt", 201),
@@ -269,9 +280,8 @@ def test_empty_put_answered_500_gets_parents_like_lighttpd(test_servers):
     server.fail_next(500, methods="PUT")
     result = transport_for(server).put("a/empty.txt", BytesBody(b""))
     assert result == PutResult(created=True, collections_created=1)
-    assert [(m, s) for m, _, s in methods(server, 4)] == [
+    assert [(m, s) for m, _, s in methods(server, 3)] == [
         ("PUT", 500),
-        ("MKCOL", 405),
         ("MKCOL", 201),
         ("PUT", 201),
     ]
