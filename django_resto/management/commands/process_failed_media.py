@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_resto.management.options import add_host_option, add_storage_option
 from django_resto.models import PendingReplication
 from django_resto.progress import Progress
 from django_resto.repair import repair_rows, resto_aliases
@@ -21,16 +22,11 @@ class Command(BaseCommand):
     help = "Replay pending replications to the media servers that missed them."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--storage",
-            action="append",
-            dest="storages",
-            metavar="ALIAS",
-            help="Only rows of this STORAGES alias (repeatable). Default: all.",
+        add_storage_option(
+            parser,
+            "Only rows of this STORAGES alias (repeatable). Default: all.",
         )
-        parser.add_argument(
-            "--host", action="append", dest="hosts", metavar="HOST", help="Only this host."
-        )
+        add_host_option(parser, "Only this host.")
         parser.add_argument("--limit", type=int, help="Repair at most this many rows.")
         parser.add_argument(
             "--dry-run", action="store_true", help="Show what would be done; change nothing."

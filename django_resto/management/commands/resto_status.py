@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from django_resto import journal
 from django_resto.exceptions import describe
+from django_resto.management.options import add_storage_option
 from django_resto.storage import ReplicatedStorageMixin
 from django_resto.sync import storage_class
 
@@ -85,12 +86,9 @@ class Command(BaseCommand):
     help = "Show whether each media server answers, its latency and its replication backlog."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--storage",
-            action="append",
-            dest="storages",
-            metavar="ALIAS",
-            help="Only this STORAGES alias (repeatable). Default: every django_resto storage.",
+        add_storage_option(
+            parser,
+            "Only this STORAGES alias (repeatable). Default: every django_resto storage.",
         )
         parser.add_argument(
             "--timeout",

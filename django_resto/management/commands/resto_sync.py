@@ -17,6 +17,7 @@ from django.core.files.storage import storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_resto.listing import DEFAULT_WORKERS, METHODS
+from django_resto.management.options import add_host_option, add_storage_option
 from django_resto.progress import Progress
 from django_resto.storage import DistributedStorage, HybridStorage, ReplicatedStorageMixin
 from django_resto.sync import HostReport, SyncReport, audit, repair, storage_class
@@ -36,21 +37,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--storage",
-            action="append",
-            dest="storages",
-            metavar="ALIAS",
-            help="Audit this STORAGES alias (repeatable). Default: every HybridStorage and "
+        add_storage_option(
+            parser,
+            "Audit this STORAGES alias (repeatable). Default: every HybridStorage and "
             "AsyncStorage. A DistributedStorage must be named: its hosts are compared with "
             "each other, report only.",
         )
-        parser.add_argument(
-            "--host",
-            action="append",
-            dest="hosts",
-            metavar="HOST",
-            help="Only this media server, as written in the storage's hosts (repeatable).",
+        add_host_option(
+            parser, "Only this media server, as written in the storage's hosts (repeatable)."
         )
         parser.add_argument(
             "--checksum",
