@@ -1,0 +1,1 @@
+"""The django_resto benchmark: ``python bench/run.py`` (or ``python -m bench``)."""
