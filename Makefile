@@ -35,8 +35,9 @@ test-dj6: venvs
 molecule:
 	scripts/molecule-all
 
-bench: venvs
+bench: venv
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) $(VENV_DJ6) .venv-infra .venv-bench-legacy .pytest_cache .ruff_cache
