@@ -357,10 +357,15 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
         local = self._configure(options)
         super().__init__(**local)
 
+    #: The per-host methods that replicate a save and a delete. AsyncStorage uses
+    #: ``converge`` for both: run later, it must look at the master copy as it is then.
+    replicate_save = "put_file"
+    replicate_delete = "delete_file"
+
     def _save(self, name: str, content: File) -> str:
         validate_name(name)
         name = super()._save(name, content)
-        self.execute(self.put_file, name)
+        self.execute(getattr(self, self.replicate_save), name)
         return name
 
     def delete(self, name: str) -> None:
@@ -368,7 +373,7 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
             raise ValueError("The name must be given to delete().")
         validate_name(name)
         super().delete(name)
-        self.execute(self.delete_file, name)
+        self.execute(getattr(self, self.replicate_delete), name)
 
     def expected_state(self, name: str) -> bool:
         # Not exists(): with allow_overwrite, Django's exists() may answer False
@@ -387,18 +392,7 @@ class AsyncStorage(HybridStorage):
     Tasks framework instead (see django_resto.tasks).
     """
 
-    def _save(self, name: str, content: File) -> str:
-        validate_name(name)
-        name = FileSystemStorage._save(self, name, content)
-        self.execute(self.converge, name)
-        return name
-
-    def delete(self, name: str) -> None:
-        if not name:
-            raise ValueError("The name must be given to delete().")
-        validate_name(name)
-        FileSystemStorage.delete(self, name)
-        self.execute(self.converge, name)
+    replicate_save = replicate_delete = "converge"
 
     def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
         """Schedule ``func(host, name, ...)`` for every host; return the scheduled handles.
