@@ -46,7 +46,6 @@ logger = logging.getLogger("django_resto")
 
 __all__ = [
     "AUTOINDEX",
-    "DEFAULT_LISTING_PREFIX",
     "HEAD",
     "METHODS",
     "PROPFIND",
@@ -64,9 +63,6 @@ PROPFIND = "propfind"
 AUTOINDEX = "autoindex"
 HEAD = "head"
 METHODS = (PROPFIND, AUTOINDEX, HEAD)
-
-#: Where nginx serves the JSON autoindex of the media root (``RESTO_LISTING_PREFIX``).
-DEFAULT_LISTING_PREFIX = "/_resto/list/"
 
 #: Parallel requests per host while walking a tree or probing names.
 DEFAULT_WORKERS = 8

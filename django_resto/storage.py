@@ -357,15 +357,10 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
         local = self._configure(options)
         super().__init__(**local)
 
-    #: The per-host methods that replicate a save and a delete. AsyncStorage uses
-    #: ``converge`` for both: run later, it must look at the master copy as it is then.
-    replicate_save = "put_file"
-    replicate_delete = "delete_file"
-
     def _save(self, name: str, content: File) -> str:
         validate_name(name)
         name = super()._save(name, content)
-        self.execute(getattr(self, self.replicate_save), name)
+        self.replicate_saved(name)
         return name
 
     def delete(self, name: str) -> None:
@@ -373,7 +368,14 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
             raise ValueError("The name must be given to delete().")
         validate_name(name)
         super().delete(name)
-        self.execute(getattr(self, self.replicate_delete), name)
+        self.replicate_deleted(name)
+
+    def replicate_saved(self, name: str) -> None:
+        # One body for every host: the master copy is stat'ed once, not once per host.
+        self.execute(self.put_file, name, FileBody(self.path(name)))
+
+    def replicate_deleted(self, name: str) -> None:
+        self.execute(self.delete_file, name)
 
     def expected_state(self, name: str) -> bool:
         # Not exists(): with allow_overwrite, Django's exists() may answer False
@@ -392,7 +394,12 @@ class AsyncStorage(HybridStorage):
     Tasks framework instead (see django_resto.tasks).
     """
 
-    replicate_save = replicate_delete = "converge"
+    # Run later, replication must look at the master copy as it is then: converge
+    # decides PUT or DELETE itself, for a save and a delete alike.
+    def replicate_saved(self, name: str) -> None:
+        self.execute(self.converge, name)
+
+    replicate_deleted = replicate_saved
 
     def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
         """Schedule ``func(host, name, ...)`` for every host; return the scheduled handles.

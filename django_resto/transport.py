@@ -113,9 +113,9 @@ def _stale_connection(exc: requests.ConnectionError) -> bool:
     error: BaseException | None = exc
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, http.client.RemoteDisconnected | ConnectionResetError):
-            return True
-        if isinstance(error, BrokenPipeError):
+        if isinstance(
+            error, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
+        ):
             return True
         nested = error.args[-1] if error.args else None
         if isinstance(nested, BaseException) and id(nested) not in seen:
