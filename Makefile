@@ -38,6 +38,7 @@ molecule:
 bench: venv
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/audit.py
+	$(VENV)/bin/python bench/overhead.py
 
 clean:
 	rm -rf $(VENV) $(VENV_DJ6) .venv-infra .venv-bench-legacy .pytest_cache .ruff_cache
