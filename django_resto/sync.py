@@ -44,7 +44,7 @@ from . import journal
 from .exceptions import describe
 from .listing import DEFAULT_WORKERS, HEAD, Listing, ListingError, list_host, probe_names
 from .names import validate_name
-from .transport import BLOCKSIZE, HostTransport
+from .transport import HostTransport
 
 logger = logging.getLogger("django_resto")
 
@@ -227,6 +227,11 @@ def master_files(root: str | os.PathLike[str]) -> tuple[dict[str, int], list[str
                     continue
                 files[name] = size
     return files, notes
+
+
+# Bytes hashed per read: large enough that a big file costs few interpreter loops,
+# small enough that hashing never holds much of a file in memory.
+BLOCKSIZE = 256 * 1024
 
 
 def _hash_file(path: str) -> str:

@@ -1,9 +1,12 @@
 """HTTP to one media server: PUT, DELETE, HEAD, GET, MKCOL and PROPFIND.
 
-One ``requests.Session`` per host keeps connections alive between operations, so a
-save costs one request per host instead of a TCP (and TLS) handshake plus a
-request. The transport knows URLs and status codes; it knows nothing of Django's
-Storage API, so it can be reused by the sync and repair commands.
+Connections stay alive between operations, so a save costs one request per host
+instead of a TCP (and TLS) handshake plus a request. Writes (PUT, DELETE, MKCOL) go
+through :mod:`django_resto.wire`, which is several times cheaper per request and can
+be started on every host before any answer is awaited; reads, streamed downloads and
+listings use one ``requests.Session`` per host. The transport knows URLs and status
+codes; it knows nothing of Django's Storage API, so it can be reused by the sync and
+repair commands.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote
@@ -20,14 +24,10 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import wire
 from .settings import Host
 
 logger = logging.getLogger("django_resto")
-
-# Bytes handed to the socket per write when streaming a body. urllib3's default
-# (16 KiB) costs a Python-level loop iteration per 16 KiB; 256 KiB keeps large
-# uploads bound by the network, not the interpreter, for a fixed small buffer.
-BLOCKSIZE = 256 * 1024
 
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MKCOL", "PROPFIND"})
 
@@ -61,6 +61,18 @@ class Body:
     def open(self) -> IO[bytes]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def inline(self) -> bytes:
+        """The whole body as bytes, read once and shared by every host (small bodies only)."""
+        data = self.__dict__.get("_inline")
+        if data is None:
+            handle = self.open()
+            try:
+                data = wire.read_exactly(handle, self.size)
+            finally:
+                handle.close()
+            self._inline = data
+        return data
+
 
 class FileBody(Body):
     """A file on disk: every host gets its own file descriptor and offset."""
@@ -86,6 +98,9 @@ class BytesBody(Body):
     def open(self) -> IO[bytes]:
         return io.BytesIO(self.data)
 
+    def inline(self) -> bytes:
+        return self.data.tobytes()
+
     def __repr__(self) -> str:
         return f"BytesBody(<{self.size} bytes>)"
 
@@ -94,12 +109,6 @@ class BytesBody(Body):
 class PutResult:
     created: bool  # False: the server replaced an existing file (204)
     collections_created: int = 0
-
-
-class _Adapter(HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["blocksize"] = BLOCKSIZE
-        super().init_poolmanager(*args, **kwargs)
 
 
 def _stale_connection(exc: requests.ConnectionError) -> bool:
@@ -156,7 +165,11 @@ class HostTransport:
             self._auth_headers[token_header] = value
         self.pool_size = pool_size
         self._session: requests.Session | None = None
+        self._pool: wire.ConnectionPool | None = None
         self._lock = threading.Lock()
+        self._write_headers = dict(self._auth_headers)
+        if auth is not None:
+            self._write_headers["Authorization"] = wire.basic_credentials(*auth)
 
     def __repr__(self) -> str:
         return f"<HostTransport {self.host.name}>"
@@ -165,6 +178,7 @@ class HostTransport:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_session"] = None
+        state["_pool"] = None
         del state["_lock"]
         return state
 
@@ -178,7 +192,7 @@ class HostTransport:
             with self._lock:
                 if self._session is None:
                     session = requests.Session()
-                    adapter = _Adapter(
+                    adapter = HTTPAdapter(
                         pool_connections=1, pool_maxsize=self.pool_size, max_retries=0
                     )
                     session.mount("http://", adapter)
@@ -189,11 +203,29 @@ class HostTransport:
                     self._session = session
         return self._session
 
+    @property
+    def pool(self) -> wire.ConnectionPool:
+        """The kept-alive connections that carry this host's writes."""
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = wire.ConnectionPool(
+                        self.host,
+                        connect_timeout=self.timeout[0],
+                        read_timeout=self.timeout[1],
+                        verify=self.verify,
+                        max_idle=self.pool_size,
+                    )
+        return self._pool
+
     def close(self) -> None:
         with self._lock:
             if self._session is not None:
                 self._session.close()
                 self._session = None
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
 
     def url(self, name: str) -> str:
         """The URL of a storage name."""
@@ -278,6 +310,23 @@ class HostTransport:
             response.reason or "",
         )
 
+    def write(self, method: str, path: str, body: Body | None = None) -> wire.Answer:
+        """Send one write request to an absolute URL path and wait for its answer."""
+        return self.start_write(method, path, body).answer()
+
+    def start_write(self, method: str, path: str, body: Body | None = None) -> wire.Pending:
+        """Put a write request on the wire; its answer is read by ``answer()``."""
+        pending = self.pool.start(
+            method, quote(path, safe="/"), headers=self._write_headers, body=body
+        )
+        logger.debug("%s %s sent", method, self._absolute_url(path))
+        return pending
+
+    def _unexpected_answer(self, method: str, path: str, answer: wire.Answer) -> Exception:
+        return UnexpectedStatusCode(
+            self.host.name, method, self._absolute_url(path), answer.status, answer.reason
+        )
+
     def put(self, name: str, body: Body) -> PutResult:
         """Store ``body`` as ``name``; create parent collections when the server asks for it.
 
@@ -285,25 +334,29 @@ class HostTransport:
         is missing. Only then do we spend MKCOL requests, so a server with
         ``create_full_put_path`` (nginx) pays nothing for nested names.
         """
+        return self.start_put(name, body)()
+
+    def start_put(self, name: str, body: Body) -> Callable[[], PutResult]:
+        """Send the PUT of ``name`` now; the returned callable waits for the outcome."""
         path = self.prefix + name
-        response = self.send("PUT", path, body=body)
-        response.close()
+        pending = self.start_write("PUT", path, body)
+        return lambda: self._finish_put(path, body, pending)
+
+    def _finish_put(self, path: str, body: Body, pending: wire.Pending) -> PutResult:
+        answer = pending.answer()
         created = 0
         # lighttpd 1.4 answers an empty PUT into a missing collection with 500, not
         # 409 (it fails creating the file before it looks at the parent); the retry
         # after MKCOL is harmless where the 500 had another cause.
-        missing_parent = response.status_code == 409 or (
-            response.status_code == 500 and body.size == 0
-        )
+        missing_parent = answer.status == 409 or (answer.status == 500 and body.size == 0)
         if missing_parent and path.strip("/").count("/"):
             created = self.make_parents(path)
-            response = self.send("PUT", path, body=body)
-            response.close()
-        if response.status_code == 201:
+            answer = self.write("PUT", path, body)
+        if answer.status == 201:
             return PutResult(created=True, collections_created=created)
-        if response.status_code == 204:
+        if answer.status == 204:
             return PutResult(created=False, collections_created=created)
-        raise self._unexpected("PUT", path, response)
+        raise self._unexpected_answer("PUT", path, answer)
 
     def make_parents(self, path: str) -> int:
         """Create the collections above ``path``; return how many were new.
@@ -320,34 +373,41 @@ class HostTransport:
         created = 0
         index = len(collections) - 1
         while index >= 0:
-            response = self.send("MKCOL", collections[index])
-            response.close()
-            if response.status_code == 201:
+            answer = self.write("MKCOL", collections[index])
+            if answer.status == 201:
                 created += 1
                 break
-            if response.status_code == 405:
+            if answer.status == 405:
                 break
-            if response.status_code != 409:
-                raise self._unexpected("MKCOL", collections[index], response)
+            if answer.status != 409:
+                raise self._unexpected_answer("MKCOL", collections[index], answer)
             index -= 1
         for collection in collections[index + 1 :]:
-            response = self.send("MKCOL", collection)
-            response.close()
-            if response.status_code == 201:
+            answer = self.write("MKCOL", collection)
+            if answer.status == 201:
                 created += 1
-            elif response.status_code != 405:
-                raise self._unexpected("MKCOL", collection, response)
+            elif answer.status != 405:
+                raise self._unexpected_answer("MKCOL", collection, answer)
         return created
 
     def delete(self, name: str) -> bool:
         """Delete ``name``; return False if the server did not have it (404)."""
-        response = self.request("DELETE", name)
-        response.close()
-        if response.status_code in (200, 204):
-            return True
-        if response.status_code == 404:
-            return False
-        raise self._unexpected("DELETE", self.prefix + name, response)
+        return self.start_delete(name)()
+
+    def start_delete(self, name: str) -> Callable[[], bool]:
+        """Send the DELETE of ``name`` now; the returned callable waits for the outcome."""
+        path = self.prefix + name
+        pending = self.start_write("DELETE", path)
+
+        def finish() -> bool:
+            answer = pending.answer()
+            if answer.status in (200, 204):
+                return True
+            if answer.status == 404:
+                return False
+            raise self._unexpected_answer("DELETE", path, answer)
+
+        return finish
 
     def head(self, name: str) -> requests.Response | None:
         """HEAD ``name``: the response on 200, None on 404."""

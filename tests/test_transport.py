@@ -228,10 +228,11 @@ def test_keep_alive_reuses_one_connection(test_servers):
     transport = transport_for(server)
     for index in range(5):
         transport.put(f"{index}.txt", BytesBody(b"x"))
-    pools = transport.session.get_adapter(server.url).poolmanager.pools
-    (pool,) = [pools[key] for key in pools.keys()]  # noqa: SIM118 - it cannot be iterated
-    assert pool.num_connections == 1  # five requests, one TCP connection
-    assert pool.num_requests == 5
+    transport.delete("0.txt")
+    assert (transport.pool.opened, transport.pool.sent) == (1, 6)
+    # The server saw the same: six requests, one TCP connection.
+    assert server.wait_for_requests(6, timeout=5)
+    assert {record.connection for record in server.requests} == {1}
 
 
 def test_basic_auth_only_on_write_methods(test_servers):

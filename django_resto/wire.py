@@ -1,0 +1,450 @@
+"""HTTP/1.1 writes on kept-alive sockets: the hot path of every save and delete.
+
+requests costs about half a millisecond of CPU per request (``bench/overhead.py``):
+session merging, hooks, cookie jars and the ``email`` header parser, none of which a
+PUT to a media server needs. A save to three hosts paid that three times, plus a
+thread hand-off per host, which made small saves no faster than django-resto 1.3
+with its new connection per request. This module speaks just the HTTP/1.1 that
+the write methods (PUT, DELETE, MKCOL) need:
+
+- a request head and a small body leave in one ``send``; a file body follows the
+  head through ``sendfile(2)``, so the bytes go from the page cache to the socket
+  without passing through Python (TLS falls back to a read/send loop);
+- a write is split in two (:meth:`ConnectionPool.start`, then
+  :meth:`Pending.answer`), so the fan-out can put small requests on the wire to every
+  host from one thread and only then wait for the answers: the servers work in
+  parallel while no thread is handed anything;
+- answers are parsed with plain byte operations; bodies (error pages) are skipped.
+
+Reads, streamed downloads and listings stay on requests, which does them well.
+Failures raise requests' own exception classes, so callers catch
+``requests.RequestException`` whichever path served them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import select
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import requests
+
+from .settings import Host
+
+#: Largest answer head accepted; media servers send a few hundred bytes.
+MAX_HEAD = 64 * 1024
+#: Bodies up to this size are read once and sent together with the head. They fit
+#: in a socket's send buffer, so starting a request never waits for the server.
+INLINE_BODY = 64 * 1024
+#: Block size for bodies that cannot go through sendfile(2): on TLS connections, or
+#: streamed from another server. Large enough that big files cost few loops.
+STREAM_BLOCK = 256 * 1024
+RECV_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a server said to one request (the body is read and dropped)."""
+
+    status: int
+    reason: str
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
+
+
+class _Stale(Exception):
+    """The connection closed before any byte of the answer: safe to send again."""
+
+
+class _Malformed(Exception):
+    """The bytes received are not an HTTP/1.x answer."""
+
+
+class Connection:
+    """One socket to a media server and the bytes received but not yet parsed."""
+
+    def __init__(self, sock: socket.socket, plain: bool) -> None:
+        self.sock = sock
+        self.plain = plain  # sendfile(2) only works on a socket without TLS
+        self.buffer = bytearray()
+        self.requests = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def dropped(self) -> bool:
+        """True if an idle connection was closed by the server (or has stray bytes)."""
+        if self.buffer:
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def send(self, head: bytes, inline: bytes | None, body: Any, size: int) -> None:
+        if inline is not None:
+            self.sock.sendall(head + inline)
+            return
+        self.sock.sendall(head)
+        if body is None or size == 0:
+            return
+        handle = body.open()
+        try:
+            sent = self._send_file(handle, size)
+        finally:
+            handle.close()
+        if sent != size:
+            # The body ended early (a file shrank since it was measured): the server
+            # would wait for the missing bytes; give up on this connection.
+            raise ConnectionAbortedError(f"the body ended after {sent} of {size} bytes")
+
+    def _send_file(self, handle: IO[bytes], size: int) -> int:
+        if self.plain and _has_fileno(handle):
+            return self.sock.sendfile(handle, 0, size)
+        # TLS, or a body that is not a file (a stream from another media server).
+        sent = 0
+        while sent < size:
+            data = handle.read(min(STREAM_BLOCK, size - sent))
+            if not data:
+                break
+            self.sock.sendall(data)
+            sent += len(data)
+        return sent
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(RECV_SIZE)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        return True
+
+    def read_answer(self, method: str) -> tuple[Answer, bool]:
+        """Read one answer; return it and whether the connection can carry another."""
+        received_any = False
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    raise _Malformed("the answer's head is larger than 64 KiB")
+                if not self._fill():
+                    if not received_any and not self.buffer:
+                        raise _Stale("the server closed the connection without answering")
+                    raise _Malformed("the server closed the connection in the middle of its answer")
+                received_any = True
+                continue
+            head = bytes(self.buffer[:end]).decode("latin-1")
+            del self.buffer[: end + 4]
+            version, status, reason, headers = _parse_head(head)
+            if 100 <= status < 200:
+                continue  # an interim answer (100 Continue, 102 Processing): the real one follows
+            break
+        reusable = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+        if method == "HEAD" or status in (204, 304):
+            pass
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            self._skip_chunked()
+        elif "content-length" in headers:
+            length = headers["content-length"]
+            if not length.isdigit():
+                raise _Malformed(f"invalid Content-Length {length!r}")
+            self._skip(int(length))
+        else:
+            # No length: the body runs to the end of the connection.
+            while self._fill():
+                self.buffer.clear()
+            reusable = False
+        return Answer(status, reason, headers), reusable
+
+    def _skip(self, count: int) -> None:
+        while count:
+            if not self.buffer and not self._fill():
+                raise _Malformed("the server closed the connection in the middle of a body")
+            taken = min(count, len(self.buffer))
+            del self.buffer[:taken]
+            count -= taken
+
+    def _line(self) -> bytes:
+        while True:
+            end = self.buffer.find(b"\r\n")
+            if end >= 0:
+                line = bytes(self.buffer[:end])
+                del self.buffer[: end + 2]
+                return line
+            if len(self.buffer) > MAX_HEAD or not self._fill():
+                raise _Malformed("a chunked body was cut short")
+
+    def _skip_chunked(self) -> None:
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _Malformed(f"invalid chunk size {size_text!r}") from None
+            if size == 0:
+                while self._line():  # trailer fields, up to an empty line
+                    pass
+                return
+            self._skip(size + 2)
+
+
+def read_exactly(handle: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes from ``handle``, however short its reads are."""
+    parts = []
+    remaining = size
+    while remaining > 0:
+        data = handle.read(remaining)
+        if not data:
+            break
+        parts.append(data)
+        remaining -= len(data)
+    return b"".join(parts)
+
+
+def _has_fileno(handle: IO[bytes]) -> bool:
+    try:
+        handle.fileno()
+    except (OSError, AttributeError, ValueError):
+        return False
+    return True
+
+
+def _parse_head(head: str) -> tuple[str, int, str, dict[str, str]]:
+    status_line, _, rest = head.partition("\r\n")
+    version, _, remainder = status_line.partition(" ")
+    code, _, reason = remainder.partition(" ")
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise _Malformed(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    headers: dict[str, str] = {}
+    for line in rest.split("\r\n") if rest else ():
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise _Malformed(f"invalid header line {line[:80]!r}")
+        key = name.lower()
+        value = value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return version, int(code), reason.strip(), headers
+
+
+def basic_credentials(user: str, password: str) -> str:
+    """The Authorization value for HTTP Basic; UTF-8, as RFC 7617 recommends."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+class Pending:
+    """A request on the wire whose answer has not been read yet.
+
+    If the connection turns out to have been closed before the server answered (a
+    keep-alive timeout racing our request), the request is sent once more on a new
+    connection: PUT, DELETE and MKCOL are idempotent.
+    """
+
+    def __init__(
+        self, pool: ConnectionPool, method: str, target: str, head: bytes, body: Any
+    ) -> None:
+        self.pool = pool
+        self.method = method
+        self.target = target
+        self.head = head
+        self.body = body
+        self.size = 0 if body is None else body.size
+        self.inline: bytes | None = None
+        if body is not None and self.size <= INLINE_BODY:
+            self.inline = body.inline()
+        self.retried = False
+        self.conn: Connection | None = None
+        self._send_with_retry()
+
+    def _send_with_retry(self) -> None:
+        try:
+            self._send()
+        except _Stale:
+            self._retry_send()
+
+    def _send(self) -> None:
+        conn = self.conn = self.pool.acquire(self)
+        try:
+            conn.requests += 1
+            conn.send(self.head, self.inline, self.body, self.size)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self._discard()
+            raise _Stale(str(exc)) from exc
+        except BaseException as exc:
+            self._discard()
+            raise self.pool.translate(exc, self) from exc
+
+    def _retry_send(self) -> None:
+        if self.retried:
+            raise requests.ConnectionError(
+                f"{self.method} {self.pool.url(self.target)}: the connection was closed "
+                "before any answer, twice"
+            )
+        self.retried = True
+        self._send_with_retry()
+
+    def answer(self) -> Answer:
+        """Wait for the server's answer (within the read timeout) and return it."""
+        while True:
+            conn = self.conn
+            assert conn is not None
+            try:
+                answer, reusable = conn.read_answer(self.method)
+            except (_Stale, ConnectionResetError) as exc:
+                self._discard()
+                if self.retried:
+                    raise requests.ConnectionError(
+                        f"{self.method} {self.pool.url(self.target)}: the connection was "
+                        f"closed before any answer, twice ({exc})"
+                    ) from exc
+                self._retry_send()
+                continue
+            except BaseException as exc:
+                self._discard()
+                raise self.pool.translate(exc, self) from exc
+            self.pool.release(conn, reusable)
+            self.conn = None
+            return answer
+
+    def _discard(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class ConnectionPool:
+    """Kept-alive connections to one media server, shared by every thread.
+
+    A thread takes an idle connection (or opens one) for the length of one request
+    and gives it back; at most ``max_idle`` idle connections are kept.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        verify: bool | str = True,
+        max_idle: int = 10,
+    ) -> None:
+        parts = urlsplit(host.origin)
+        self.host = host
+        self.https = parts.scheme == "https"
+        self.hostname = parts.hostname or ""
+        self.port = parts.port or (443 if self.https else 80)
+        self.netloc = parts.netloc
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.verify = verify
+        self.max_idle = max_idle
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._ssl_context: ssl.SSLContext | None = None
+        #: Connections opened and requests sent over the pool's life (tests, bench).
+        self.opened = 0
+        self.sent = 0
+
+    def url(self, target: str) -> str:
+        return self.host.origin + target
+
+    def start(
+        self, method: str, target: str, *, headers: dict[str, str], body: Any = None
+    ) -> Pending:
+        """Send a request (``target`` already quoted) and return it, not yet answered."""
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.netloc}"]
+        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        if body is not None or method == "PUT":
+            lines.append(f"Content-Length: {0 if body is None else body.size}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return Pending(self, method, target, head, body)
+
+    def acquire(self, pending: Pending) -> Connection:
+        with self._lock:
+            self.sent += 1
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.dropped():
+                    return conn
+                conn.close()
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            raise self.translate(exc, pending, connecting=True) from exc
+        with self._lock:
+            self.opened += 1
+        return conn
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        if reusable and not conn.buffer:
+            with self._lock:
+                if len(self._idle) < self.max_idle:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _connect(self) -> Connection:
+        sock = socket.create_connection((self.hostname, self.port), timeout=self.connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.https:
+                sock = self._context().wrap_socket(sock, server_hostname=self.hostname)
+            sock.settimeout(self.read_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return Connection(sock, plain=not self.https)
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            if self.verify is False:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif isinstance(self.verify, str):
+                if os.path.isdir(self.verify):
+                    context = ssl.create_default_context(capath=self.verify)
+                else:
+                    context = ssl.create_default_context(cafile=self.verify)
+            else:
+                # The same trust store as requests (certifi), so reads and writes
+                # accept the same certificates.
+                context = ssl.create_default_context(cafile=requests.certs.where())
+            self._ssl_context = context
+        return self._ssl_context
+
+    def translate(
+        self, exc: BaseException, pending: Pending, *, connecting: bool = False
+    ) -> BaseException:
+        """The requests exception for a low-level failure, naming the request."""
+        if isinstance(exc, requests.RequestException):
+            return exc
+        where = f"{pending.method} {self.url(pending.target)}"
+        if isinstance(exc, _Malformed):
+            return requests.ConnectionError(f"{where}: invalid answer: {exc}")
+        if isinstance(exc, TimeoutError):
+            if connecting:
+                return requests.ConnectTimeout(
+                    f"{where}: no connection within {self.connect_timeout}s"
+                )
+            return requests.ReadTimeout(f"{where}: no answer within {self.read_timeout}s")
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return requests.exceptions.SSLError(f"{where}: {exc}")
+        if isinstance(exc, OSError):
+            verb = "cannot connect" if connecting else "connection failed"
+            return requests.ConnectionError(f"{where}: {verb}: {exc}")
+        return exc
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("connection pools hold sockets and cannot be pickled")
