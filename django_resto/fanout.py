@@ -79,6 +79,42 @@ class FanOut:
         first = call(func, hosts[0], *args, **kwargs)
         return [first, *(future.result() for future in futures)]
 
+    def run_started(
+        self,
+        start: Callable[..., Callable[[], Any]],
+        hosts: Sequence[str],
+        *args: Any,
+        **kwargs: Any,
+    ) -> list[Outcome]:
+        """Start the call on every host from this thread, then wait for each in turn.
+
+        ``start(host, *args, **kwargs)`` must set the work going without waiting for it
+        and return a callable that waits and returns the result (a request written to
+        a socket, and the reading of its answer). Every host then works at once while
+        no thread is handed anything, which for small requests costs less than the
+        hand-offs of :meth:`run`. A failure to start is that host's outcome; the
+        others still run.
+        """
+        started: list[tuple[str, float, Callable[[], Any] | None, Exception | None]] = []
+        for host in hosts:
+            begun = time.perf_counter()
+            try:
+                started.append((host, begun, start(host, *args, **kwargs), None))
+            except Exception as exc:
+                started.append((host, begun, None, exc))
+        outcomes = []
+        for host, begun, finish, error in started:
+            result = None
+            if finish is not None:
+                try:
+                    result = finish()
+                except Exception as exc:
+                    error = exc
+            outcomes.append(
+                Outcome(host, result=result, error=error, elapsed=time.perf_counter() - begun)
+            )
+        return outcomes
+
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             if self._executor is not None:

@@ -36,6 +36,7 @@ from .fanout import FanOut, Outcome, call
 from .names import validate_name
 from .settings import LOCAL_OPTIONS, Host, media_path, parse_host, resolve_options
 from .transport import Body, BytesBody, FileBody, HostTransport, UnexpectedStatusCode
+from .wire import INLINE_BODY
 
 logger = logging.getLogger("django_resto")
 
@@ -212,20 +213,57 @@ class ReplicatedStorageMixin:
 
         Returns True if the host created the file, False if it replaced one.
         """
+        return self.start_put_file(host, name, body)()
+
+    def start_put_file(self, host: str, name: str, body: Body | None = None) -> Callable[[], bool]:
+        """:meth:`put_file` in two halves: the request is sent on return; the result waits."""
         if body is None:
             body = FileBody(self.path(name))  # type: ignore[attr-defined]
-        result = self.transport(host).put(name, body)
-        if not result.created:
-            logger.info("PUT on existing file %s on %s", name, host)
-        return result.created
+        finish = self.transport(host).start_put(name, body)
+
+        def answered() -> bool:
+            created = finish().created
+            if not created:
+                logger.info("PUT on existing file %s on %s", name, host)
+            return created
+
+        return answered
 
     @operation("DELETE")
     def delete_file(self, host: str, name: str) -> bool:
         """Delete ``name`` on one host; a file that was already missing is only a warning."""
-        existed = self.transport(host).delete(name)
-        if not existed:
-            logger.warning("DELETE on missing file %s on %s", name, host)
-        return existed
+        return self.start_delete_file(host, name)()
+
+    def start_delete_file(self, host: str, name: str) -> Callable[[], bool]:
+        """:meth:`delete_file` in two halves: the request is sent on return; the result waits."""
+        finish = self.transport(host).start_delete(name)
+
+        def answered() -> bool:
+            existed = finish()
+            if not existed:
+                logger.warning("DELETE on missing file %s on %s", name, host)
+            return existed
+
+        return answered
+
+    def _two_halves(self, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """The start half of ``func`` if every host can be started from this thread.
+
+        That holds for a DELETE and for a PUT whose body fits in a socket's send
+        buffer: sending it never waits for the server. Larger bodies run in the
+        fan-out's threads, where one slow host cannot hold up the others' uploads.
+        A subclass that overrides put_file or delete_file gets its own method run.
+        """
+        if getattr(func, "__self__", None) is not self:
+            return None
+        method = getattr(func, "__func__", None)
+        if method is ReplicatedStorageMixin.delete_file:
+            return self.start_delete_file
+        if method is ReplicatedStorageMixin.put_file:
+            body = args[0] if args else None
+            if isinstance(body, Body) and body.size <= INLINE_BODY:
+                return self.start_put_file
+        return None
 
     # --- fan-out and failure policy -----------------------------------------
 
@@ -236,7 +274,11 @@ class ReplicatedStorageMixin:
         override it (or :meth:`execute_one` on AsyncStorage) to change how work runs.
         """
         seq = journal.now_seq()
-        outcomes = self._fanout.run(func, self.hosts, name, *args, **kwargs)
+        start = self._two_halves(func, args)
+        if start is not None:
+            outcomes = self._fanout.run_started(start, self.hosts, name, *args, **kwargs)
+        else:
+            outcomes = self._fanout.run(func, self.hosts, name, *args, **kwargs)
         self.settle(operation_of(func), name, outcomes, seq=seq)
         return outcomes
 
