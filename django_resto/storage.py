@@ -400,7 +400,7 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
         super().__init__(**local)
 
     def _save(self, name: str, content: File) -> str:
-        validate_name(name)
+        validate_name(name, django_check=False)  # Storage.save has just run Django's check
         name = super()._save(name, content)
         self.replicate_saved(name)
         return name
@@ -601,7 +601,7 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
         return value
 
     def _save(self, name: str, content: File) -> str:
-        validate_name(name)
+        validate_name(name, django_check=False)  # Storage.save has just run Django's check
         if not self.hosts:
             raise ImproperlyConfigured("DistributedStorage has no media hosts to store files on.")
         with body_of(content) as body:

@@ -319,7 +319,8 @@ class HostTransport:
         pending = self.pool.start(
             method, quote(path, safe="/"), headers=self._write_headers, body=body
         )
-        logger.debug("%s %s sent", method, self._absolute_url(path))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s sent", method, self._absolute_url(path))
         return pending
 
     def _unexpected_answer(self, method: str, path: str, answer: wire.Answer) -> Exception:

@@ -29,6 +29,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -46,6 +47,11 @@ INLINE_BODY = 64 * 1024
 #: streamed from another server. Large enough that big files cost few loops.
 STREAM_BLOCK = 256 * 1024
 RECV_SIZE = 64 * 1024
+#: An idle connection is checked for a close by the server (one select(2)) only
+#: after this many seconds: servers close idle connections after their keep-alive
+#: timeout (nginx: 65 s), not within a second; a rare earlier close is caught by the
+#: retry on a connection closed before any answer.
+CHECK_IDLE_AFTER = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Connection:
         self.plain = plain  # sendfile(2) only works on a socket without TLS
         self.buffer = bytearray()
         self.requests = 0
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.sock.close()
@@ -369,7 +376,7 @@ class ConnectionPool:
             self.sent += 1
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.dropped():
+                if time.monotonic() - conn.idle_since < CHECK_IDLE_AFTER or not conn.dropped():
                     return conn
                 conn.close()
         try:
@@ -384,6 +391,7 @@ class ConnectionPool:
         if reusable and not conn.buffer:
             with self._lock:
                 if len(self._idle) < self.max_idle:
+                    conn.idle_since = time.monotonic()
                     self._idle.append(conn)
                     return
         conn.close()
