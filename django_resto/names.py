@@ -7,8 +7,13 @@ root, and a control character can split a request line or a log line.
 
 from __future__ import annotations
 
+import re
+
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_name(name: str, *, django_check: bool = True) -> str:
@@ -23,7 +28,7 @@ def validate_name(name: str, *, django_check: bool = True) -> str:
         raise SuspiciousFileOperation(f"File name must be a string, got {type(name).__name__}")
     # Checked before Django's validation, which folds backslashes into slashes:
     # we refuse them instead, as Windows-style paths are ambiguous on a web server.
-    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+    if _CONTROL.search(name):
         raise SuspiciousFileOperation(f"File name {name!r} contains a control character")
     if "\\" in name:
         raise SuspiciousFileOperation(f"File name {name!r} contains a backslash")
