@@ -154,6 +154,32 @@ def default_tmp_dir() -> str:
     return tempfile.gettempdir()
 
 
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(servers: list[NginxDav]) -> float | None:
+    """CPU seconds used so far by the nginx processes (masters and workers) of ``servers``.
+
+    The media servers share the client's cores here, so their CPU bounds what any
+    client can reach; None where /proc cannot tell.
+    """
+    total = 0.0
+    try:
+        for server in servers:
+            master = server.pid
+            if master is None:
+                return None
+            children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+            for pid in [master, *map(int, children)]:
+                total += _process_cpu(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 class Bench:
     def __init__(self, plan: Plan, tmp: Path, servers: list[NginxDav], legacy_python: Path):
         self.plan = plan
@@ -180,6 +206,7 @@ class Bench:
         work_dir = self.tmp / "work" / f"{self.runs:03d}-{key}-{package}"
         spec = {**spec, "work_dir": str(work_dir), "prefix": f"r{self.runs}"}
         started = time.perf_counter()
+        servers_before = server_cpu(self.servers)
         try:
             done = subprocess.run(
                 [str(self.pythons[package]), str(WORKER), json.dumps(spec)],
@@ -201,6 +228,12 @@ class Bench:
             shutil.rmtree(work_dir, ignore_errors=True)
             self.clean_servers()
         result["process_seconds"] = time.perf_counter() - started
+        servers_after = server_cpu(self.servers)
+        if servers_before is not None and servers_after is not None:
+            # Per operation, warm-up included: the servers cannot tell them apart. The
+            # big-file workloads add one 4 KiB warm-up save, negligible next to them.
+            operations = spec.get("count", 1) + spec.get("warmup", 0)
+            result["server_cpu"] = (servers_after - servers_before) / operations
         self.results.setdefault((key, package), []).append(result)
         if "duration" in result:
             figure = f"{result['duration']:.3f} s"
@@ -342,6 +375,35 @@ class Bench:
             return None
         return statistics.median(r["cpu"] / r.get("count", 1) for r in results)
 
+    def server_cpu_per_op(self, key: str, package: str) -> float | None:
+        values = [r["server_cpu"] for r in self.get(key, package) if "server_cpu" in r]
+        return statistics.median(values) if values else None
+
+    def floor(self, key: str, package: str, versus: tuple[str, str], kind: str) -> float | None:
+        """The lowest ratio ``key`` / ``versus`` the servers' own CPU allows on this machine.
+
+        Even with a client that costs nothing, ``key`` cannot take less wall time than
+        its media servers' CPU time spread over every core; divided by what ``versus``
+        measured in the same round, that is the best ratio any client can reach here.
+        """
+        cores = os.cpu_count() or 1
+        ratios = []
+        for mine, theirs in zip(self.get(key, package), self.get(*versus), strict=False):
+            if "server_cpu" not in mine:
+                continue
+            if kind == "rate":
+                measured = theirs["count"] / theirs["wall"]  # ops per second
+                best = cores / mine["server_cpu"] if mine["server_cpu"] else None
+                if best:
+                    ratios.append(best / measured)
+                continue
+            measured = (
+                statistics.median(theirs["durations"]) if kind == "ms" else theirs["duration"]
+            )
+            if measured:
+                ratios.append(mine["server_cpu"] / cores / measured)
+        return statistics.median(ratios) if ratios else None
+
     def rss(self, key: str, package: str) -> int | None:
         """The worst peak RSS growth over the rounds."""
         values = [r["rss_growth"] for r in self.get(key, package) if "rss_growth" in r]
@@ -415,23 +477,27 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
             values = {p: b.median_duration(key, p) for p in packages}
             shown = {p: fmt_ms(v) for p, v in values.items()}
             cpu = {p: fmt_ms(b.cpu_per_op(key, p)) for p in packages}
+            servers = {p: fmt_ms(b.server_cpu_per_op(key, p)) for p in packages}
         elif kind == "rate":
             values = {p: b.rate(key, p) for p in packages}
             shown = {p: fmt_rate(v) for p, v in values.items()}
             cpu = {p: fmt_ms(b.cpu_per_op(key, p)) for p in packages}
+            servers = {p: fmt_ms(b.server_cpu_per_op(key, p)) for p in packages}
         else:
             values = {p: b.big_time(key, p) for p in packages}
             shown = {p: fmt_s(v) for p, v in values.items()}
             cpu = {p: fmt_s(b.cpu_per_op(key, p)) for p in packages}
+            servers = {p: fmt_s(b.server_cpu_per_op(key, p)) for p in packages}
         shown = {p: shown[p] + spread(key, p, kind) for p in packages}
         rss = {p: fmt_mib(b.rss(key, p)) for p in packages}
         if legacy:
             return (
                 f"| {label} | {shown[NEW]} | {shown[LEGACY]} | "
                 f"{fmt_ratio(b.paired((key, NEW), (key, LEGACY), kind))} | "
-                f"{pair((cpu[NEW], cpu[LEGACY]))} | {pair((rss[NEW], rss[LEGACY]))} |"
+                f"{pair((cpu[NEW], cpu[LEGACY]))} | {pair((servers[NEW], servers[LEGACY]))} | "
+                f"{pair((rss[NEW], rss[LEGACY]))} |"
             )
-        return f"| {label} | {shown[NEW]} | — | — | {cpu[NEW]} | {rss[NEW]} |"
+        return f"| {label} | {shown[NEW]} | — | — | {cpu[NEW]} | {servers[NEW]} | {rss[NEW]} |"
 
     lines = [
         "# django_resto benchmark",
@@ -450,8 +516,9 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
         "## Measurements",
         "",
         "| Workload | this package | django-resto 1.3 | this / 1.3 | "
-        "client CPU per op (this / 1.3) | peak RSS growth (this / 1.3) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "client CPU per op (this / 1.3) | media servers' CPU per op (this / 1.3) | "
+        "peak RSS growth (this / 1.3) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         row("Raw keep-alive PUT, 1 MiB, 1 host (floor; median)", "raw_1", "ms", False),
         row(
             "Raw keep-alive PUTs, 1 MiB, 3 hosts in parallel threads (median)",
@@ -473,7 +540,7 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
         "",
     ]
 
-    targets: list[tuple[str, str, str, str, bool | None]] = []
+    targets: list[tuple[str, str, str, str, str, bool | None]] = []
 
     def target(
         label: str,
@@ -481,15 +548,19 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
         limit: float,
         at_most: bool,
         text: str,
-        floor: float | None = None,
+        raw: float | None = None,
+        best: float | None = None,
     ) -> None:
-        floor_text = "—" if floor is None else fmt_ratio(floor)
+        raw_text = "—" if raw is None else fmt_ratio(raw)
+        best_text = "—" if best is None else fmt_ratio(best)
         if value is None:
-            targets.append((label, "—", text, floor_text, None))
+            targets.append((label, "—", text, raw_text, best_text, None))
             return
         ok = value <= limit if at_most else value >= limit
         shown = fmt_mib(int(value)) if "MiB" in text else fmt_ratio(value)
-        targets.append((label, shown, text, floor_text, ok))
+        if not ok and best is not None and (best > limit if at_most else best < limit):
+            best_text += " (out of reach)"
+        targets.append((label, shown, text, raw_text, best_text, ok))
 
     # What the machine allows a fan-out: three raw PUTs at once against one.
     raw_fanout = b.paired(("raw_3", NEW), ("raw_1", NEW), "ms")
@@ -500,6 +571,7 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
         True,
         "≤ 1.15x",
         raw_fanout,
+        b.floor("medium_3", NEW, ("medium_1", NEW), "ms"),
     )
     target(
         "1 MiB save to 3 hosts / raw PUT to 1 host",
@@ -508,6 +580,7 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
         True,
         "≤ 2x",
         raw_fanout,
+        b.floor("medium_3", NEW, ("raw_1", NEW), "ms"),
     )
     target(
         "4 KiB saves per second, this / 1.3",
@@ -515,6 +588,7 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
         TARGET_SMALL,
         False,
         "≥ 5x",
+        best=b.floor("small", NEW, ("small", LEGACY), "rate"),
     )
     rss_all = [
         (b.rss(key, NEW), name) for key, name in RSS_KEYS.items() if b.rss(key, NEW) is not None
@@ -535,27 +609,35 @@ def report(bench: Bench, context: dict[str, Any]) -> tuple[str, bool]:
             TARGET_BIG,
             True,
             "≤ 0.5x",
+            best=b.floor(key, NEW, (key, LEGACY), "s"),
         )
     lines += [
         "## Targets",
         "",
-        "| Target | measured | limit | raw PUTs, 3 hosts in parallel / 1 host | result |",
-        "|---|---:|---:|---:|---|",
+        "| Target | measured | limit | raw PUTs, 3 hosts in parallel / 1 host | "
+        "best any client can reach here | result |",
+        "|---|---:|---:|---:|---:|---|",
     ]
-    for label, shown, text, floor_text, ok in targets:
+    for label, shown, text, raw_text, best_text, ok in targets:
         verdict = "n/a" if ok is None else ("PASS" if ok else "**FAIL**")
-        lines.append(f"| {label} | {shown} | {text} | {floor_text} | {verdict} |")
+        lines.append(f"| {label} | {shown} | {text} | {raw_text} | {best_text} | {verdict} |")
     lines += [
         "",
         "Ratios are medians of per-round ratios: each round runs the compared workloads "
         "back to back, alternating which package goes first. "
-        "The raw-PUT column is what the machine itself allows a fan-out to 3 hosts: "
-        "no client can do better than 3 bare PUTs in parallel. "
+        "The raw-PUT column is what bare PUTs reach: three at once against one. "
+        "The best-reachable column is a bound from the media servers' own CPU: the three "
+        "nginx run on this machine's cores, so a workload cannot take less wall time than "
+        "its servers' CPU time (measured from /proc over the same workload) divided by "
+        "the number of cores, even with a client that costs nothing; for a rate, the "
+        'bound is the cores divided by the servers\' CPU per save. "out of reach" marks '
+        "a target this machine cannot meet whatever the client does. "
         "In parentheses: the lowest to the highest round. "
         "Medians of 1 MiB saves pool every measured save of every round "
         f"({b.plan.medium_count} per round after {b.plan.medium_warmup} warm-up saves); "
         f"4 KiB rates are the median over rounds of {b.plan.small_count} saves / wall time; "
         f"{size_big} times are the median over rounds; peak RSS growth is the worst round. "
+        "Media servers' CPU per operation includes warm-up operations. "
         "Client CPU is user + system time of the whole process (every thread) per operation.",
         "",
     ]
@@ -613,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         medium_count=40,
         medium_warmup=5,
-        small_count=300,
+        small_count=1000,
         small_warmup=20,
         big_size=args.big_mib * MIB,
     )
