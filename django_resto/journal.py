@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 
 from django.apps import apps
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -86,13 +86,33 @@ def clear(storage: str, hosts: Iterable[str], name: str, seq: int) -> int:
     hosts = list(hosts)
     if not hosts:
         return 0
-    rows = _model().objects.filter(storage=storage, host__in=hosts, name=name, seq__lte=seq)
-    # Nearly every successful operation has nothing to clear: a cheap EXISTS spares
-    # it the ORM's deletion collector, which costs more than the query itself.
-    if not rows.exists():
+    # Nearly every successful operation has nothing to clear, and building an ORM
+    # query costs more than running it (about 0.6 ms, as much as the three PUTs of a
+    # small save): ask with one prepared statement first.
+    if not _any_row(storage, hosts, name, seq):
         return 0
+    rows = _model().objects.filter(storage=storage, host__in=hosts, name=name, seq__lte=seq)
     deleted, _ = rows.delete()
     return deleted
+
+
+def _any_row(storage: str, hosts: list[str], name: str, seq: int) -> bool:
+    model = _model()
+    # The database the rows are written to: a lagging replica could miss a row.
+    connection = connections[router.db_for_write(model)]
+    quote = connection.ops.quote_name
+    opts = model._meta
+    column = {field: quote(opts.get_field(field).column) for field in ("storage", "host", "name")}
+    sql = (
+        f"SELECT 1 FROM {quote(opts.db_table)} WHERE {column['storage']} = %s "
+        f"AND {column['name']} = %s AND {quote(opts.get_field('seq').column)} <= %s "
+        f"AND {column['host']} IN ({', '.join(['%s'] * len(hosts))})"
+    )
+    # No LIMIT (not every database has it): the unique constraint on (storage, host,
+    # name) already bounds the answer to one row per host.
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [storage, name, seq, *hosts])
+        return cursor.fetchone() is not None
 
 
 def safely(func, *args, **kwargs) -> None:

@@ -164,8 +164,9 @@ class ReplicatedStorageMixin:
     def save(self, name: str | None, content: File, max_length: int | None = None) -> str:
         # Django turns backslashes into slashes before anything else sees the name;
         # we refuse them instead (see names.py), so check the name as it was given.
+        # Django's own check runs first thing in Storage.save, right below.
         if name is not None:
-            validate_name(str(name))
+            validate_name(str(name), django_check=False)
         return super().save(name, content, max_length=max_length)  # type: ignore[misc]
 
     # --- transport ---------------------------------------------------------
