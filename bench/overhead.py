@@ -1,9 +1,10 @@
-"""Client CPU per 4 KiB PUT: the library's transport against lower-level HTTP clients.
+"""Client CPU per 4 KiB PUT: the library's transport against general HTTP clients.
 
 Small saves are bound by the client's per-request CPU, three times per save with three
 hosts. This measures, on one real nginx on loopback and one keep-alive connection each,
-what a PUT costs through HostTransport (requests), a bare requests.Session, urllib3's
-pool, and http.client: the evidence for where a faster small-file path would come from.
+what a PUT costs through HostTransport (django_resto.wire), a bare requests.Session,
+urllib3's pool, and http.client: the evidence behind writing wire.py instead of
+sending writes through requests.
 
     .venv/bin/python bench/overhead.py [--requests N] [--rounds N]
 """
@@ -58,7 +59,7 @@ def clients(server: NginxDav, data: bytes) -> dict[str, Callable[[], None]]:
             raise RuntimeError(f"PUT answered {response.status}")
 
     return {
-        "HostTransport.put (requests)": via_transport,
+        "HostTransport.put (wire.py)": via_transport,
         "requests.Session.put": via_session,
         "urllib3 pool urlopen": via_urllib3,
         "http.client keep-alive": via_http_client,
