@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import select
 import socket
 import ssl
@@ -47,6 +48,11 @@ INLINE_BODY = 64 * 1024
 #: streamed from another server. Large enough that big files cost few loops.
 STREAM_BLOCK = 256 * 1024
 RECV_SIZE = 64 * 1024
+_DIGITS = re.compile(r"[0-9]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
+# Header names are tokens (RFC 9110); values may not contain line breaks or NUL.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
 #: An idle connection is checked for a close by the server (one select(2)) only
 #: after this many seconds: servers close idle connections after their keep-alive
 #: timeout (nginx: 65 s), not within a second; a rare earlier close is caught by the
@@ -145,6 +151,8 @@ class Connection:
                     raise _Malformed("the server closed the connection in the middle of its answer")
                 received_any = True
                 continue
+            if end > MAX_HEAD:
+                raise _Malformed("the answer's head is larger than 64 KiB")
             head = bytes(self.buffer[:end]).decode("latin-1")
             del self.buffer[: end + 4]
             version, status, reason, headers = _parse_head(head)
@@ -158,7 +166,7 @@ class Connection:
             self._skip_chunked()
         elif "content-length" in headers:
             length = headers["content-length"]
-            if not length.isdigit():
+            if not _DIGITS.fullmatch(length):
                 raise _Malformed(f"invalid Content-Length {length!r}")
             self._skip(int(length))
         else:
@@ -189,10 +197,9 @@ class Connection:
     def _skip_chunked(self) -> None:
         while True:
             size_text = self._line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _Malformed(f"invalid chunk size {size_text!r}") from None
+            if not _HEX.fullmatch(size_text):
+                raise _Malformed(f"invalid chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 while self._line():  # trailer fields, up to an empty line
                     pass
@@ -225,7 +232,7 @@ def _parse_head(head: str) -> tuple[str, int, str, dict[str, str]]:
     status_line, _, rest = head.partition("\r\n")
     version, _, remainder = status_line.partition(" ")
     code, _, reason = remainder.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
         raise _Malformed(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     headers: dict[str, str] = {}
     for line in rest.split("\r\n") if rest else ():
@@ -238,6 +245,19 @@ def _parse_head(head: str) -> tuple[str, int, str, dict[str, str]]:
     return version, int(code), reason.strip(), headers
 
 
+# What sending on a connection the server has closed raises (TLS has its own words).
+_CLOSED = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+def _answer_left_on(conn: Connection, method: str) -> Answer | None:
+    """An answer the server sent before closing a connection we could not finish sending on."""
+    try:
+        answer, _ = conn.read_answer(method)
+    except Exception:
+        return None
+    return answer
+
+
 def basic_credentials(user: str, password: str) -> str:
     """The Authorization value for HTTP Basic; UTF-8, as RFC 7617 recommends."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
@@ -248,8 +268,8 @@ class Pending:
     """A request on the wire whose answer has not been read yet.
 
     If the connection turns out to have been closed before the server answered (a
-    keep-alive timeout racing our request), the request is sent once more on a new
-    connection: PUT, DELETE and MKCOL are idempotent.
+    keep-alive timeout or a reload racing our request), the request is sent once more
+    on a new connection: PUT, DELETE and MKCOL are idempotent.
     """
 
     def __init__(
@@ -264,52 +284,56 @@ class Pending:
         self.inline: bytes | None = None
         if body is not None and self.size <= INLINE_BODY:
             self.inline = body.inline()
+            if len(self.inline) != self.size:
+                # A file that shrank since it was measured: sent as it is, the server
+                # would wait for the missing bytes until our read timeout.
+                raise requests.ConnectionError(
+                    f"{method} {pool.url(target)}: the body ended after "
+                    f"{len(self.inline)} of {self.size} bytes"
+                )
         self.retried = False
         self.conn: Connection | None = None
-        self._send_with_retry()
-
-    def _send_with_retry(self) -> None:
-        try:
-            self._send()
-        except _Stale:
-            self._retry_send()
+        self._early: Answer | None = None
+        self._send()
 
     def _send(self) -> None:
-        conn = self.conn = self.pool.acquire(self)
-        try:
-            conn.requests += 1
-            conn.send(self.head, self.inline, self.body, self.size)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            self._discard()
-            raise _Stale(str(exc)) from exc
-        except BaseException as exc:
-            self._discard()
-            raise self.pool.translate(exc, self) from exc
+        while True:
+            conn = self.conn = self.pool.acquire(self, fresh=self.retried)
+            try:
+                conn.requests += 1
+                conn.send(self.head, self.inline, self.body, self.size)
+                return
+            except _CLOSED as exc:
+                # A server may answer before it has read the whole body (413, 401) and
+                # close: then that answer, not a retry, is the outcome.
+                self._early = _answer_left_on(conn, self.method)
+                self._discard()
+                if self._early is not None:
+                    return
+                self._count_retry(exc)
+            except BaseException as exc:
+                self._discard()
+                raise self.pool.translate(exc, self) from exc
 
-    def _retry_send(self) -> None:
+    def _count_retry(self, exc: BaseException) -> None:
         if self.retried:
             raise requests.ConnectionError(
                 f"{self.method} {self.pool.url(self.target)}: the connection was closed "
-                "before any answer, twice"
-            )
+                f"before any answer, twice ({exc or type(exc).__name__})"
+            ) from exc
         self.retried = True
-        self._send_with_retry()
 
     def answer(self) -> Answer:
         """Wait for the server's answer (within the read timeout) and return it."""
-        while True:
+        while self._early is None:
             conn = self.conn
             assert conn is not None
             try:
                 answer, reusable = conn.read_answer(self.method)
-            except (_Stale, ConnectionResetError) as exc:
+            except (_Stale, *_CLOSED) as exc:
                 self._discard()
-                if self.retried:
-                    raise requests.ConnectionError(
-                        f"{self.method} {self.pool.url(self.target)}: the connection was "
-                        f"closed before any answer, twice ({exc})"
-                    ) from exc
-                self._retry_send()
+                self._count_retry(exc)
+                self._send()
                 continue
             except BaseException as exc:
                 self._discard()
@@ -317,6 +341,7 @@ class Pending:
             self.pool.release(conn, reusable)
             self.conn = None
             return answer
+        return self._early
 
     def _discard(self) -> None:
         if self.conn is not None:
@@ -365,16 +390,28 @@ class ConnectionPool:
     ) -> Pending:
         """Send a request (``target`` already quoted) and return it, not yet answered."""
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.netloc}"]
-        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        for name, value in headers.items():
+            # A line break in a value (a token read from a file with its newline) would
+            # end the head early or inject a header: refuse it, as requests does.
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise requests.exceptions.InvalidHeader(
+                    f"invalid header {name!r}: names are tokens, values have no line breaks"
+                )
+            lines.append(f"{name}: {value}")
         if body is not None or method == "PUT":
             lines.append(f"Content-Length: {0 if body is None else body.size}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         return Pending(self, method, target, head, body)
 
-    def acquire(self, pending: Pending) -> Connection:
+    def acquire(self, pending: Pending, *, fresh: bool = False) -> Connection:
+        """A connection for one request: an idle one, or a new one if ``fresh``.
+
+        A retry after a stale connection asks for a new one: when a server reloads, it
+        closes every idle connection at once.
+        """
         with self._lock:
             self.sent += 1
-            while self._idle:
+            while self._idle and not fresh:
                 conn = self._idle.pop()
                 if time.monotonic() - conn.idle_since < CHECK_IDLE_AFTER or not conn.dropped():
                     return conn
