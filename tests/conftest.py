@@ -44,10 +44,12 @@ def resto_log(caplog):
     return caplog
 
 
-# Real nginx / lighttpd processes and the generic factory (see tests/servers.py).
+# Real nginx / lighttpd processes and the generic factory (see tests/servers.py), and the
+# throwaway CA and 127.0.0.1 certificate that make an HTTPS nginx (tests/test_tls.py).
 from tests.servers import (  # noqa: E402, F401
     lighttpd_dav,
     media_server_factory,
     nginx_dav,
     resto_test_server,
+    tls_files,
 )

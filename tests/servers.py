@@ -31,11 +31,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -51,11 +53,14 @@ __all__ = [
     "MediaServerPool",
     "NginxDav",
     "RealServerError",
+    "TlsFiles",
     "free_port",
     "lighttpd_dav",
+    "make_tls_files",
     "media_server_factory",
     "nginx_dav",
     "resto_test_server",
+    "tls_files",
 ]
 
 #: The kinds ``media_server_factory`` accepts.
@@ -88,13 +93,18 @@ def _find_binary(name: str) -> str:
     return found
 
 
-def _answers_as(port: int, product: str) -> bool:
+def _answers_as(port: int, product: str, ssl_context: ssl.SSLContext | None = None) -> bool:
     """Whether ``product`` (nginx, lighttpd) answers HTTP on the port.
 
     Checking the Server header, not just that the port accepts connections, guards against
     another process that took the port between ``free_port()`` and our server's bind.
+    With ``ssl_context`` the probe speaks HTTPS.
     """
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    connection: http.client.HTTPConnection
+    if ssl_context is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    else:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=1, context=ssl_context)
     try:
         connection.request("HEAD", "/_resto_readiness_probe")
         response = connection.getresponse()
@@ -130,6 +140,113 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired as error:  # pragma: no cover - SIGKILL is not ignorable
         raise RealServerError(f"process {process.pid} did not die after SIGKILL") from error
+
+
+# -- TLS ---------------------------------------------------------------------------------
+
+TLS_DAYS = 2  # throwaway certificates: valid long enough for one test run
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (PEM files).
+
+    ``ca_dir`` holds the CA certificate under its subject hash (``<hash>.0``, what
+    ``openssl rehash`` / ``c_rehash`` would create), so it works as an OpenSSL CApath:
+    ``ssl.create_default_context(capath=...)`` and requests' ``verify=<directory>``.
+    """
+
+    ca_cert: Path
+    ca_key: Path
+    ca_dir: Path
+    cert: Path
+    key: Path
+
+
+def _openssl(binary: str, *args: str | os.PathLike[str], cwd: Path) -> str:
+    result = subprocess.run(
+        [binary, *map(str, args)],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        command = " ".join(["openssl", *map(str, args)])
+        raise RealServerError(
+            f"{command} failed with status {result.returncode}:\n{result.stderr.strip()}"
+        )
+    return result.stdout
+
+
+def make_tls_files(
+    directory: str | os.PathLike[str],
+    subject_alt_names: str = "IP:127.0.0.1, DNS:localhost",
+) -> TlsFiles:
+    """Create, with the ``openssl`` CLI, a CA and a certificate for 127.0.0.1 in ``directory``.
+
+    The server certificate has ``subjectAltName = IP:127.0.0.1, DNS:localhost`` (clients
+    match the SAN, not the CN; pass other ``subject_alt_names`` for a certificate that does
+    not match), ``extendedKeyUsage = serverAuth`` and key identifiers, so it also passes
+    OpenSSL's strict X.509 checks (Python 3.13's default). Keys are ECDSA P-256:
+    generating them takes milliseconds. Each call makes a new CA. Raises
+    ``RealServerError`` when openssl is missing (CI installs it: the TLS tests fail
+    rather than skip).
+    """
+    binary = shutil.which("openssl")
+    if binary is None:
+        raise RealServerError(
+            "openssl binary not found in PATH: install it (apt-get install openssl); "
+            "the TLS tests need it to create their throwaway CA and certificate."
+        )
+    work = Path(directory)
+    work.mkdir(parents=True, exist_ok=True)
+    # One config file for everything: nothing depends on the system's openssl.cnf.
+    config = work / "openssl.cnf"
+    config.write_text(
+        f"""\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = django_resto test CA
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[v3_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = {subject_alt_names}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+    )
+    ca_key, ca_cert = work / "ca.key", work / "ca.pem"
+    key, csr, cert = work / "server.key", work / "server.csr", work / "server.pem"
+    curve = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(
+        binary, "req", "-config", config, "-x509", *curve, "-keyout", ca_key, "-out", ca_cert,
+        "-days", str(TLS_DAYS), "-extensions", "v3_ca", cwd=work,
+    )  # fmt: skip
+    _openssl(
+        binary, "req", "-config", config, "-new", *curve, "-keyout", key, "-out", csr,
+        "-subj", "/CN=127.0.0.1", cwd=work,
+    )  # fmt: skip
+    _openssl(
+        binary, "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
+        "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", str(TLS_DAYS),
+        "-extfile", config, "-extensions", "v3_server", "-out", cert, cwd=work,
+    )  # fmt: skip
+    subject_hash = _openssl(binary, "x509", "-hash", "-noout", "-in", ca_cert, cwd=work).strip()
+    ca_dir = work / "ca-dir"
+    ca_dir.mkdir(exist_ok=True)
+    shutil.copyfile(ca_cert, ca_dir / f"{subject_hash}.0")
+    return TlsFiles(ca_cert=ca_cert, ca_key=ca_key, ca_dir=ca_dir, cert=cert, key=key)
 
 
 class _RealServer:
@@ -220,7 +337,7 @@ class _RealServer:
                     f"{self.kind} exited with status {process.returncode} at startup.\n"
                     + self.logs()
                 )
-            if _answers_as(self._port, self.binary_name):
+            if self._answers():
                 return
             time.sleep(0.05)
         self.stop()
@@ -228,6 +345,10 @@ class _RealServer:
             f"{self.kind} did not listen on 127.0.0.1:{self._port} within "
             f"{STARTUP_TIMEOUT:.0f}s.\n" + self.logs()
         )
+
+    def _answers(self) -> bool:
+        """Whether our server answers on its port (the readiness probe)."""
+        return _answers_as(self._port, self.binary_name)
 
     def stop(self) -> None:
         """Stop the server (process group), bounded in time; the files stay on disk."""
@@ -360,12 +481,54 @@ class NginxDav(_RealServer):
     The media files are served under ``base_path``; an ``autoindex_format json`` listing of
     the same root is served under ``/_resto/list/``. With ``credentials``, every method but
     GET and HEAD on media, and the listing, need HTTP Basic auth.
+
+    With ``tls`` (see ``make_tls_files``) nginx speaks only HTTPS on its port, with that
+    certificate; ``host`` and ``url`` are then ``https://127.0.0.1:PORT`` (a host in the
+    library's URL form) and the access log ends with ``tls=<protocol>``. ``tls_protocols``
+    is nginx's ``ssl_protocols``: nginx 1.22 defaults to TLSv1.2 at most when the config
+    does not say (TLSv1.3 joined the default in 1.23.4; Debian's own nginx.conf enables
+    it), so we name both.
     """
 
     kind = "nginx"
     binary_name = "nginx"
     strict = False
     listing_prefix = "/_resto/list/"
+
+    def __init__(
+        self,
+        tmp_dir: str | os.PathLike[str],
+        base_path: str = "/media/",
+        credentials: tuple[str, str] | None = None,
+        *,
+        port: int = 0,
+        tls: TlsFiles | None = None,
+        tls_protocols: str = "TLSv1.2 TLSv1.3",
+    ) -> None:
+        super().__init__(tmp_dir, base_path, credentials, port=port)
+        self.tls = tls
+        self.tls_protocols = tls_protocols
+
+    @property
+    def host(self) -> str:
+        if self.tls is None:
+            return super().host
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        if self.tls is None:
+            return super().url
+        return self.host
+
+    def _answers(self) -> bool:
+        if self.tls is None:
+            return super()._answers()
+        # Readiness only: tests may give a certificate that does not match on purpose.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return _answers_as(self._port, self.binary_name, ssl_context=context)
 
     def command(self) -> list[str]:
         # -e: the error log from the very start (before the config is read); -p: prefix for
@@ -392,6 +555,15 @@ class NginxDav(_RealServer):
             auth = f'auth_basic "{REALM}"; auth_basic_user_file {self.work_dir}/htpasswd;'
         media_auth = f"limit_except GET {{ {auth} }}" if auth else ""  # GET implies HEAD
         user = "user root root;" if os.geteuid() == 0 else ""  # see the module docstring
+        listen, tls_log, tls_config = f"127.0.0.1:{self._port}", "", ""
+        if self.tls is not None:
+            listen += " ssl"
+            tls_log = " tls=$ssl_protocol"
+            tls_config = (
+                f"\n        ssl_certificate {self.tls.cert};"
+                f"\n        ssl_certificate_key {self.tls.key};"
+                f"\n        ssl_protocols {self.tls_protocols};"
+            )
         return f"""\
 # Generated by tests/servers.py for one test run.
 daemon off;
@@ -406,7 +578,7 @@ http {{
     types {{ image/jpeg jpg jpeg; image/png png; text/plain txt; }}
     # $connection in the log lets tests check that clients reuse keep-alive connections.
     log_format resto '$remote_addr "$request" $status $body_bytes_sent '
-                     'connection=$connection requests=$connection_requests';
+                     'connection=$connection requests=$connection_requests{tls_log}';
     access_log {self.access_log} resto;
     sendfile on;
     keepalive_timeout 65;
@@ -418,8 +590,8 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     server {{
-        listen 127.0.0.1:{self._port};
-        server_name localhost;
+        listen {listen};
+        server_name localhost;{tls_config}
         location {self.base_path} {{
             root {self.docroot};
             dav_methods PUT DELETE;
@@ -581,3 +753,16 @@ def nginx_dav(media_server_factory: Callable[..., MediaServer]) -> MediaServer:
 def lighttpd_dav(media_server_factory: Callable[..., MediaServer]) -> MediaServer:
     """A started real lighttpd (``LighttpdDav``) with ``base_path="/media/"``."""
     return media_server_factory("lighttpd")
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throwaway CA and a 127.0.0.1 certificate (``make_tls_files``), once per session.
+
+    Pass it to ``media_server_factory("nginx", tls=tls_files)`` for an HTTPS nginx. A
+    missing openssl fails the test with a clear message (CI installs it), never skips.
+    """
+    try:
+        return make_tls_files(tmp_path_factory.mktemp("tls"))
+    except RealServerError as error:
+        pytest.fail(str(error), pytrace=False)
