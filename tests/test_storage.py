@@ -431,3 +431,71 @@ def test_distributed_listdir_and_path_are_not_available(test_servers):
         storage.listdir("")
     with pytest.raises(NotImplementedError, match="no local copy"):
         storage.path("a.txt")
+
+
+# --- how the fan-out runs --------------------------------------------------------------
+
+
+def test_small_writes_start_on_every_host_from_the_calling_thread(
+    test_servers, media_root, monkeypatch
+):
+    """Bodies up to wire.INLINE_BODY and DELETEs need no thread; bigger bodies use the pool."""
+    import threading
+
+    from django_resto import wire
+    from django_resto.transport import HostTransport
+
+    servers = test_servers(3)
+    storage = HybridStorage(hosts=hosts(servers))
+    threads: list[tuple[str, str]] = []
+    put = HostTransport.start_put
+    delete = HostTransport.start_delete
+
+    def spy_put(self, name, body):
+        threads.append(("PUT", threading.current_thread().name))
+        return put(self, name, body)
+
+    def spy_delete(self, name):
+        threads.append(("DELETE", threading.current_thread().name))
+        return delete(self, name)
+
+    monkeypatch.setattr(HostTransport, "start_put", spy_put)
+    monkeypatch.setattr(HostTransport, "start_delete", spy_delete)
+    main = threading.current_thread().name
+    storage.save("small.bin", ContentFile(b"s" * wire.INLINE_BODY))
+    storage.delete("small.bin")
+    assert threads == [("PUT", main)] * 3 + [("DELETE", main)] * 3
+    threads.clear()
+    storage.save("big.bin", ContentFile(b"b" * (wire.INLINE_BODY + 1)))
+    assert [verb for verb, _ in threads] == ["PUT"] * 3
+    names = sorted(name for _, name in threads)
+    assert names.count(main) == 1  # the calling thread runs the first host itself
+    assert all(name.startswith("django_resto") for name in names if name != main)
+    assert [server.read("big.bin") for server in servers] == [b"b" * (wire.INLINE_BODY + 1)] * 3
+
+
+def test_a_subclass_put_file_is_run_not_bypassed(test_servers, media_root):
+    """The two-halves shortcut applies to the stock put_file only."""
+    servers = test_servers(2)
+    calls: list[str] = []
+
+    class Audited(HybridStorage):
+        def put_file(self, host, name, body=None):
+            calls.append(host)
+            return super().put_file(host, name, body)
+
+    storage = Audited(hosts=hosts(servers))
+    storage.save("a.txt", ContentFile(b"a"))
+    assert sorted(calls) == sorted(hosts(servers))
+    assert [server.read("a.txt") for server in servers] == [b"a", b"a"]
+
+
+def test_a_host_that_cannot_be_started_does_not_stop_the_others(test_servers, media_root):
+    servers = test_servers(2)
+    down = f"127.0.0.1:{free_port()}"
+    storage = HybridStorage(hosts=[servers[0].host, down, servers[1].host], fatal_exceptions=True)
+    with pytest.raises(ReplicationError) as info:
+        storage.save("a.txt", ContentFile(b"a"))
+    assert info.value.hosts == [down]
+    assert "ConnectionError" in str(info.value)
+    assert [server.read("a.txt") for server in servers] == [b"a", b"a"]

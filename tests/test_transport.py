@@ -294,3 +294,56 @@ def test_a_500_with_a_body_is_not_mistaken_for_a_missing_parent(test_servers):
     with pytest.raises(UnexpectedStatusCode, match="500"):
         transport_for(server).put("a/full.txt", BytesBody(b"x"))
     assert [m for m, _, _ in methods(server, 1)] == ["PUT"]
+
+
+def test_transport_pickles_without_its_pool(test_servers):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    transport.put("a.txt", BytesBody(b"x"))
+    assert transport.pool.opened == 1
+    clone = pickle.loads(pickle.dumps(transport))
+    assert clone._pool is None  # sockets do not cross processes; a new pool opens on demand
+    assert clone.put("a.txt", BytesBody(b"y")).created is False
+    assert clone.pool.opened == 1
+
+
+def test_one_transport_shared_by_many_threads(test_servers):
+    """Each thread holds a pooled connection for one request at a time: no request
+    sees another's answer, and connections are reused rather than opened per request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (server,) = test_servers()
+    transport = transport_for(server, pool_size=8)
+
+    def work(worker: int) -> list[bool]:
+        results = []
+        for index in range(25):
+            name = f"t{worker}/{index}.txt"
+            results.append(transport.put(name, BytesBody(f"{worker}-{index}".encode())).created)
+            if index % 5 == 4:
+                results.append(transport.delete(name))
+        return results
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(work, range(8)))
+    assert all(all(results) for results in outcomes)
+    assert transport.pool.sent == 8 * 30
+    assert transport.pool.opened <= 8  # never more connections than threads at once
+    for worker in range(8):
+        for index in range(25):
+            expected = None if index % 5 == 4 else f"{worker}-{index}".encode()
+            assert server.read(f"t{worker}/{index}.txt") == expected
+
+
+def test_started_writes_on_several_hosts_are_answered_in_order(test_servers):
+    servers = test_servers(3)
+    transports = [transport_for(server) for server in servers]
+    body = BytesBody(b"x" * 1000)
+    finishes = [transport.start_put("s/a.bin", body) for transport in transports]
+    # Every request is on the wire before any answer is read.
+    for server in servers:
+        assert server.wait_for_requests(1, timeout=5)
+    assert [finish() for finish in finishes] == [PutResult(created=True)] * 3
+    deletes = [transport.start_delete("s/a.bin") for transport in transports]
+    assert [finish() for finish in deletes] == [True, True, True]
+    assert all(server.read("s/a.bin") is None for server in servers)
