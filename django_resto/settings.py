@@ -9,12 +9,16 @@ know one know the other, and it keeps django-resto 1.x settings working as-is.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+# Characters that would end or split an HTTP header line if sent in a credential.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # option name -> (global setting, default). ``None`` as the global setting means
 # the option has no global twin (it only makes sense per storage).
@@ -132,10 +136,22 @@ def _validate(option: str, value: Any, source: str) -> Any:
         ):
             # Never echo the value: it holds a password.
             raise ImproperlyConfigured(f"{source} must be a (username, password) pair of strings.")
+        if ":" in value[0] or any(_CONTROL.search(part) for part in value):
+            # HTTP Basic joins them with a colon; a line break would end the header.
+            raise ImproperlyConfigured(
+                f"{source}: the username may not contain ':', and neither part may contain "
+                "line breaks or other control characters."
+            )
         return tuple(value)
     if option == "token":
         if value is not None and (not isinstance(value, str) or not value):
             raise ImproperlyConfigured(f"{source} must be a non-empty string or None.")
+        if value is not None and (_CONTROL.search(value) or value != value.strip()):
+            # A token read from a file often keeps its newline; it would end the header.
+            raise ImproperlyConfigured(
+                f"{source} must not contain line breaks, control characters or surrounding "
+                "whitespace."
+            )
         return value
     if option == "token_header":
         if not isinstance(value, str) or not value or any(c in value for c in ":\r\n "):

@@ -66,6 +66,24 @@ def test_bad_auth_never_echoes_the_password():
     assert "12345" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("token", "s3cret-token\n", "line breaks"),
+        ("token", "s3cret\r\nX-Injected: 1", "line breaks"),
+        ("token", " s3cret-token", "surrounding whitespace"),
+        ("auth", ("us:er", "s3cret"), "may not contain ':'"),
+        ("auth", ("user", "s3cret\n"), "control characters"),
+    ],
+)
+def test_credentials_that_would_break_a_header_line(option, value, message):
+    """A token read from a file keeps its newline: refused at configuration time, without
+    echoing the secret, instead of splitting the request's head on the wire."""
+    with pytest.raises(ImproperlyConfigured, match=message) as info:
+        resolve_options("HybridStorage", {option: value}, ())
+    assert "s3cret" not in str(info.value)
+
+
 def test_malformed_host_raises_at_init():
     with pytest.raises(ImproperlyConfigured, match="Invalid media host"):
         HybridStorage(hosts=["ftp://media:21"])
