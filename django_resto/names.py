@@ -12,7 +12,6 @@ import re
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
 
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
