@@ -94,11 +94,14 @@ class Connection:
         """True if an idle connection was closed by the server (or has stray bytes)."""
         if self.buffer:
             return True
+        # poll, not select: select cannot watch descriptors above 1023, which a busy
+        # application server with many open files reaches.
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+            return bool(poller.poll(0))
+        except OSError:
             return True
-        return bool(readable)
 
     def send(self, head: bytes, inline: bytes | None, body: Any, size: int) -> None:
         if inline is not None:

@@ -347,3 +347,34 @@ def test_started_writes_on_several_hosts_are_answered_in_order(test_servers):
     deletes = [transport.start_delete("s/a.bin") for transport in transports]
     assert [finish() for finish in deletes] == [True, True, True]
     assert all(server.read("s/a.bin") is None for server in servers)
+
+
+def test_idle_probe_works_for_descriptors_above_1023(test_servers, monkeypatch):
+    """select(2) cannot watch a descriptor above 1023, which a busy application server
+    reaches; the idle probe must still see a live connection as live and reuse it."""
+    import os
+    import resource
+
+    from django_resto import wire
+
+    monkeypatch.setattr(wire, "CHECK_IDLE_AFTER", 0)  # probe before every reuse
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if soft < wanted:
+        assert hard == resource.RLIM_INFINITY or hard >= wanted, "raise the fd hard limit"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    filler = []
+    try:
+        while not filler or filler[-1] < 1100:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        (server,) = test_servers()
+        transport = transport_for(server)
+        for index in range(3):
+            transport.put(f"{index}.txt", BytesBody(b"x"))
+        assert transport.pool._idle[0].sock.fileno() > 1023
+        assert (transport.pool.opened, transport.pool.sent) == (1, 3)
+        transport.close()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
