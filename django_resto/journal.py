@@ -8,6 +8,7 @@ processes finish in, a row exists exactly while the host may be behind.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -97,22 +98,26 @@ def clear(storage: str, hosts: Iterable[str], name: str, seq: int) -> int:
 
 
 def _any_row(storage: str, hosts: list[str], name: str, seq: int) -> bool:
-    model = _model()
     # The database the rows are written to: a lagging replica could miss a row.
-    connection = connections[router.db_for_write(model)]
-    quote = connection.ops.quote_name
-    opts = model._meta
-    column = {field: quote(opts.get_field(field).column) for field in ("storage", "host", "name")}
-    sql = (
-        f"SELECT 1 FROM {quote(opts.db_table)} WHERE {column['storage']} = %s "
-        f"AND {column['name']} = %s AND {quote(opts.get_field('seq').column)} <= %s "
-        f"AND {column['host']} IN ({', '.join(['%s'] * len(hosts))})"
-    )
+    alias = router.db_for_write(_model())
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_any_row_sql(alias, len(hosts)), [storage, name, seq, *hosts])
+        return cursor.fetchone() is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _any_row_sql(alias: str, host_count: int) -> str:
+    """The existence query, built once per database and number of hosts, not per save."""
+    opts = _model()._meta
+    quote = connections[alias].ops.quote_name
+    column = {f: quote(opts.get_field(f).column) for f in ("storage", "host", "name", "seq")}
     # No LIMIT (not every database has it): the unique constraint on (storage, host,
     # name) already bounds the answer to one row per host.
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [storage, name, seq, *hosts])
-        return cursor.fetchone() is not None
+    return (
+        f"SELECT 1 FROM {quote(opts.db_table)} WHERE {column['storage']} = %s "
+        f"AND {column['name']} = %s AND {column['seq']} <= %s "
+        f"AND {column['host']} IN ({', '.join(['%s'] * host_count)})"
+    )
 
 
 def safely(func, *args, **kwargs) -> None:

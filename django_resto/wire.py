@@ -84,7 +84,6 @@ class Connection:
         self.sock = sock
         self.plain = plain  # sendfile(2) only works on a socket without TLS
         self.buffer = bytearray()
-        self.requests = 0
         self.idle_since = 0.0
 
     def close(self) -> None:
@@ -145,17 +144,15 @@ class Connection:
         received_any = False
         while True:
             end = self.buffer.find(b"\r\n\r\n")
+            if end > MAX_HEAD or (end < 0 and len(self.buffer) > MAX_HEAD):
+                raise _Malformed("the answer's head is larger than 64 KiB")
             if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    raise _Malformed("the answer's head is larger than 64 KiB")
                 if not self._fill():
                     if not received_any and not self.buffer:
                         raise _Stale("the server closed the connection without answering")
                     raise _Malformed("the server closed the connection in the middle of its answer")
                 received_any = True
                 continue
-            if end > MAX_HEAD:
-                raise _Malformed("the answer's head is larger than 64 KiB")
             head = bytes(self.buffer[:end]).decode("latin-1")
             del self.buffer[: end + 4]
             version, status, reason, headers = _parse_head(head)
@@ -303,7 +300,6 @@ class Pending:
         while True:
             conn = self.conn = self.pool.acquire(self, fresh=self.retried)
             try:
-                conn.requests += 1
                 conn.send(self.head, self.inline, self.body, self.size)
                 return
             except _CLOSED as exc:
