@@ -4,7 +4,8 @@ Small saves are bound by the client's per-request CPU, three times per save with
 hosts. This measures, on one real nginx on loopback and one keep-alive connection each,
 what a PUT costs through HostTransport (django_resto.wire), a bare requests.Session,
 urllib3's pool, and http.client: the evidence behind writing wire.py instead of
-sending writes through requests.
+sending writes through requests. It also measures the local half of a Hybrid save,
+Django's own FileSystemStorage.save, which no replication code can make cheaper.
 
     .venv/bin/python bench/overhead.py [--requests N] [--rounds N]
 """
@@ -66,6 +67,27 @@ def clients(server: NginxDav, data: bytes) -> dict[str, Callable[[], None]]:
     }
 
 
+def local_save_cpu(root: Path, data: bytes, rounds: int, count: int) -> float:
+    """Client CPU per Django FileSystemStorage.save, ms: what no replication can save."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(MEDIA_ROOT=str(root), USE_TZ=True)
+        django.setup()
+    from django.core.files.storage import FileSystemStorage
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    storage = FileSystemStorage(location=root)
+    samples = []
+    for index in range(rounds):
+        start = time.process_time()
+        for number in range(count):
+            storage.save(f"{index}/{number}.bin", SimpleUploadedFile("f.bin", data))
+        samples.append((time.process_time() - start) / count * 1000)
+    return statistics.median(samples)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
@@ -88,6 +110,11 @@ def main() -> int:
         for name, values in cpu.items():
             median = statistics.median(values)
             print(f"  {name:30} {median:6.3f} ms  ({median / floor:4.1f}x http.client)")
+        local = local_save_cpu(base / "master", os.urandom(4096), args.rounds, args.requests)
+        print(
+            f"the local half of a Hybrid save, Django's FileSystemStorage.save of 4 KiB: "
+            f"{local:.3f} ms (the same code in django-resto 1.3)"
+        )
         return 0
     finally:
         server.stop()
