@@ -22,14 +22,17 @@ lint: venvs
 
 test-python: test-dj52 test-dj6
 
-# Django 5.2 LTS on Python 3.11: the library's suite, then the example site's.
+# Django 5.2 LTS on Python 3.11: the library's suite on SQLite, then on PostgreSQL (a
+# cluster the suite starts itself, see tests/pg.py), then the example site's (SQLite).
 test-dj52: venvs
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	RESTO_TEST_DB=sqlite $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	RESTO_TEST_DB=postgresql $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	cd example && ../$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The newest Django 6.x on Python 3.12
+# The newest Django 6.x on Python 3.12, the same three runs.
 test-dj6: venvs
-	$(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
+	RESTO_TEST_DB=sqlite $(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
+	RESTO_TEST_DB=postgresql $(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
 	cd example && ../$(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
 
 molecule:

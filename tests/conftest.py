@@ -1,4 +1,4 @@
-"""Fixtures shared by the suite: a temporary MEDIA_ROOT and media servers on loopback."""
+"""Fixtures shared by the suite: the database server, a temporary MEDIA_ROOT, media servers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,32 @@ from typing import Any
 import pytest
 
 from django_resto.http_server import TestHttpServer
+from tests.pg import PostgresCluster
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None,
+) -> Iterator[None]:
+    """With RESTO_TEST_DB=postgresql, point the database at a cluster of the session's own.
+
+    pytest-django calls this before it creates the test databases, and tears it down after
+    it drops them. The dict is changed in place: Django's connection objects hold it.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.postgresql":
+        yield
+        return
+    cluster = PostgresCluster().start()
+    try:
+        database.update(
+            HOST=cluster.host, PORT=str(cluster.port), USER=cluster.user, NAME=cluster.database
+        )
+        yield
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(autouse=True)

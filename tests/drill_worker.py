@@ -1,8 +1,9 @@
 """The async worker of the fault drill (tests/test_fault_drill.py), run as a subprocess.
 
 ``python -m tests.drill_worker CONFIG.json`` configures Django by hand against the
-test's own SQLite database file and MEDIA_ROOT, then saves, overwrites and deletes
-files through an ``AsyncStorage`` registered under the same STORAGES alias as the
+test's own database, SQLite or PostgreSQL (``"databases"``, from
+tests.dbconfig.subprocess_databases()), and MEDIA_ROOT, then saves, overwrites and
+deletes files through an ``AsyncStorage`` registered under the same STORAGES alias as the
 drill's storage, so its journal rows are the drill's to repair. The drill kills it
 with SIGKILL part-way through; the background replications it had queued die with it.
 
@@ -34,13 +35,7 @@ def configure(config: dict[str, Any]) -> None:
         SECRET_KEY="django_resto fault drill worker",
         USE_TZ=True,
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_resto"],
-        DATABASES={
-            "default": {
-                "ENGINE": "django.db.backends.sqlite3",
-                "NAME": config["database"],
-                "OPTIONS": {"timeout": 30},
-            }
-        },
+        DATABASES=config["databases"],
         MEDIA_ROOT=config["media_root"],
         MEDIA_URL="/media/",
         STORAGES={

@@ -1,5 +1,6 @@
 """Django settings for the test suite."""
 
+import os
 import tempfile
 from importlib.util import find_spec
 
@@ -11,17 +12,42 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django_resto",
 ]
-# A file, not :memory:: replication threads write the journal concurrently, and
-# SQLite's shared-cache memory databases answer "table is locked" instead of waiting.
-_DB_DIR = tempfile.mkdtemp(prefix="django_resto_tests_db_")
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": f"{_DB_DIR}/db.sqlite3",
-        "OPTIONS": {"timeout": 30},
-        "TEST": {"NAME": f"{_DB_DIR}/test.sqlite3"},
+# RESTO_TEST_DB=postgresql runs the suite on PostgreSQL (psycopg 3) instead of SQLite.
+# The ENGINE must be right from the start; the server is the suite's own cluster, whose
+# host and port tests/conftest.py fills in before the test database is created.
+_TEST_DB = os.environ.get("RESTO_TEST_DB", "sqlite")
+_DB_DIR = ""
+if _TEST_DB == "postgresql":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            # The cluster's NAME, USER, HOST and PORT: see django_db_modify_db_settings.
+            "NAME": "",
+            "USER": "",
+            "HOST": "",
+            "PORT": "",
+            "TEST": {"NAME": "test_django_resto"},
+        }
     }
-}
+elif _TEST_DB == "sqlite":
+    # A file, not :memory:: replication threads write the journal concurrently, and
+    # SQLite's shared-cache memory databases answer "table is locked" instead of waiting.
+    # Some tests have other processes write it too: WAL lets readers go on while one
+    # writes, and the timeout makes writers wait for each other's locks.
+    _DB_DIR = tempfile.mkdtemp(prefix="django_resto_tests_db_")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": f"{_DB_DIR}/db.sqlite3",
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+                "timeout": 30,
+            },
+            "TEST": {"NAME": f"{_DB_DIR}/test.sqlite3"},
+        }
+    }
+else:
+    raise ValueError(f"RESTO_TEST_DB={_TEST_DB!r}: use 'sqlite' (the default) or 'postgresql'")
 MEDIA_ROOT = tempfile.mkdtemp(prefix="django_resto_tests_media_")
 MEDIA_URL = "/media/"
 RESTO_MEDIA_HOSTS = []

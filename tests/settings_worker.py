@@ -1,9 +1,10 @@
 """Settings for the ``db_worker`` process that tests/test_tasks.py starts.
 
-The worker must see what the test process sees: the same SQLite test database (not a
-copy: the tasks and the journal rows are in it), the same MEDIA_ROOT (the master copy
-it reads) and the same STORAGES entry (the media servers listen on ports picked per
-test). The test passes the three through environment variables.
+The worker must see what the test process sees: the same test database, SQLite or
+PostgreSQL (not a copy: the tasks and the journal rows are in it), the same MEDIA_ROOT
+(the master copy it reads) and the same STORAGES entry (the media servers listen on
+ports picked per test). The test passes the three through environment variables, the
+database as JSON from tests.dbconfig.subprocess_databases().
 """
 
 import contextlib
@@ -13,19 +14,12 @@ import os
 import tests.settings as _base
 from tests.settings import *  # noqa: F403
 
-# Importing tests.settings made two temporary directories this process does not use.
-for _unused in (_base._DB_DIR, _base.MEDIA_ROOT):
+# Importing tests.settings made temporary directories this process does not use.
+for _unused in filter(None, (_base._DB_DIR, _base.MEDIA_ROOT)):
     with contextlib.suppress(OSError):
         os.rmdir(_unused)
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ["RESTO_WORKER_DB"],
-        # The test process writes the same file; wait for its locks rather than fail.
-        "OPTIONS": {"timeout": 30},
-    }
-}
+DATABASES = json.loads(os.environ["RESTO_WORKER_DATABASES"])
 MEDIA_ROOT = os.environ["RESTO_WORKER_MEDIA_ROOT"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

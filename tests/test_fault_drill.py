@@ -48,9 +48,9 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.management import call_command
-from django.db import connection
 
 from django_resto.models import PendingReplication
+from tests.dbconfig import subprocess_databases
 
 pytestmark = [pytest.mark.real_server, pytest.mark.django_db(transaction=True)]
 
@@ -335,10 +335,8 @@ def run_worker(
     drill: Drill, handoff: list[str], tmp_path: Path, media_root: str, kill_after: int
 ) -> WorkerRun:
     """Run the AsyncStorage worker while the test server is slow; SIGKILL it mid-way."""
-    database = connection.settings_dict["NAME"]
-    assert os.path.isfile(database), database  # the test database, shared with the worker
     config = {
-        "database": database,
+        "databases": subprocess_databases(),  # the test database, shared with the worker
         "media_root": media_root,
         "alias": ALIAS,
         "options": {

@@ -27,7 +27,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.db import connection, transaction
+from django.db import transaction
 from django.test import override_settings
 
 from django_resto import tasks as resto_tasks
@@ -35,6 +35,7 @@ from django_resto.checks import check_storages
 from django_resto.models import PendingReplication
 from django_resto.repair import repair_rows
 from django_resto.storage import AsyncStorage
+from tests.dbconfig import subprocess_databases
 
 # transaction=True: commits must really happen (on_commit), and the worker process must
 # see the rows.
@@ -149,7 +150,7 @@ def db_worker(transactional_db: None, tmp_path: Path, media_root: Path) -> Itera
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings_worker",
-            "RESTO_WORKER_DB": str(connection.settings_dict["NAME"]),
+            "RESTO_WORKER_DATABASES": json.dumps(subprocess_databases()),
             "RESTO_WORKER_MEDIA_ROOT": str(media_root),
             "RESTO_WORKER_STORAGES": json.dumps({"resto": entry}),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
