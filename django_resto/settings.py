@@ -19,6 +19,11 @@ from django.core.exceptions import ImproperlyConfigured
 
 # Characters that would end or split an HTTP header line if sent in a credential.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A header name is a token (RFC 9110, section 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: What the journal's columns hold (models.PendingReplication): longer values are refused.
+MAX_HOST_LENGTH = 255
+MAX_ALIAS_LENGTH = 100
 
 # option name -> (global setting, default). ``None`` as the global setting means
 # the option has no global twin (it only makes sense per storage).
@@ -26,6 +31,13 @@ OPTIONS: dict[str, tuple[str | None, Any]] = {
     "hosts": ("RESTO_MEDIA_HOSTS", ()),
     "timeout": ("RESTO_TIMEOUT", 2),
     "connect_timeout": ("RESTO_CONNECT_TIMEOUT", None),
+    # The slowest transfer a write may make, in bytes per second: a write's deadline is
+    # ``timeout`` plus its body size at this rate (see wire.py). 256 KiB/s (2 Mbit/s)
+    # lets a 1 GiB upload run for over an hour, and a trickling answer fail.
+    "min_transfer_rate": ("RESTO_MIN_TRANSFER_RATE", 256 * 1024),
+    # How long an operation waits for the per-name lock another process holds before it
+    # fails (journaled): see ordering.py.
+    "lock_timeout": ("RESTO_LOCK_TIMEOUT", 10),
     "fatal_exceptions": ("RESTO_FATAL_EXCEPTIONS", True),
     "show_traceback": ("RESTO_SHOW_TRACEBACK", False),
     "verify": ("RESTO_VERIFY", True),
@@ -43,6 +55,10 @@ OPTIONS: dict[str, tuple[str | None, Any]] = {
     "task_queue": ("RESTO_TASK_QUEUE", "default"),
     # Where nginx serves the JSON autoindex that resto_sync reads (the roles' default).
     "listing_prefix": ("RESTO_LISTING_PREFIX", "/_resto/list/"),
+    # The STORAGES alias the journal files this storage's rows (and per-name locks)
+    # under. Found in STORAGES when not given; a storage built outside STORAGES names
+    # it here, or the journal refuses its failures (nothing could ever drain them).
+    "journal_alias": (None, None),
 }
 
 #: The values ``replicate_with`` accepts.
@@ -109,10 +125,14 @@ def _validate(option: str, value: Any, source: str) -> Any:
             raise fail("a list of hosts such as ['media-1:8080']")
         if not all(isinstance(host, str) for host in value):
             raise fail("a list of strings")
+        if any(len(host) > MAX_HOST_LENGTH for host in value):
+            raise fail(
+                f"a list of hosts of at most {MAX_HOST_LENGTH} characters (the journal's column)"
+            )
         if len(set(value)) != len(value):
             raise fail("a list without duplicates")
         return tuple(value)
-    if option in ("timeout", "connect_timeout"):
+    if option in ("timeout", "connect_timeout", "lock_timeout"):
         if value is None and option == "connect_timeout":
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -154,8 +174,8 @@ def _validate(option: str, value: Any, source: str) -> Any:
             )
         return value
     if option == "token_header":
-        if not isinstance(value, str) or not value or any(c in value for c in ":\r\n "):
-            raise fail("an HTTP header name")
+        if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            raise fail("an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)")
         return value
     if option in ("min_replicas", "max_workers"):
         if value is None:
@@ -170,6 +190,18 @@ def _validate(option: str, value: Any, source: str) -> Any:
     if option == "replicate_with":
         if not isinstance(value, str) or value not in REPLICATE_WITH:
             raise fail(" or ".join(repr(choice) for choice in REPLICATE_WITH))
+        return value
+    if option == "min_transfer_rate":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise fail("a positive number of bytes per second")
+        return float(value)
+    if option == "journal_alias":
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or value != value.strip():
+            raise fail("a STORAGES alias (a non-empty name without surrounding spaces)")
+        if len(value) > MAX_ALIAS_LENGTH:
+            raise fail(f"an alias of at most {MAX_ALIAS_LENGTH} characters (the journal's column)")
         return value
     if option == "listing_prefix":
         if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):

@@ -153,10 +153,14 @@ class HostTransport:
         token: str | None = None,
         token_header: str = "Authorization",
         pool_size: int = 10,
+        min_transfer_rate: float = 256 * 1024,
     ) -> None:
         self.host = host
         self.prefix = prefix
         self.timeout = (connect_timeout or timeout, timeout)
+        # A write's deadline is the timeout plus its body at this rate (wire.py); reads
+        # through requests keep the per-read timeout.
+        self.min_transfer_rate = min_transfer_rate
         self.verify = verify
         self._auth = auth
         self._auth_headers: dict[str, str] = {}
@@ -215,6 +219,7 @@ class HostTransport:
                         read_timeout=self.timeout[1],
                         verify=self.verify,
                         max_idle=self.pool_size,
+                        min_transfer_rate=self.min_transfer_rate,
                     )
         return self._pool
 

@@ -16,6 +16,12 @@ the write methods (PUT, DELETE, MKCOL) need:
   parallel while no thread is handed anything;
 - answers are parsed with plain byte operations; bodies (error pages) are skipped.
 
+Each request has one deadline, ``read_timeout + body size / min_transfer_rate`` from
+its start, for sending and answering together: a socket timeout alone bounds each
+read, so a server that trickles its answer, or reads the body a byte at a time, would
+hold a save for ever. Interim answers and answer bodies are capped for the same
+reason: a server that never stops talking is as broken as one that never answers.
+
 Reads, streamed downloads and listings stay on requests, which does them well.
 Failures raise requests' own exception classes, so callers catch
 ``requests.RequestException`` whichever path served them.
@@ -48,6 +54,26 @@ INLINE_BODY = 64 * 1024
 #: streamed from another server. Large enough that big files cost few loops.
 STREAM_BLOCK = 256 * 1024
 RECV_SIZE = 64 * 1024
+#: Largest ``os.sendfile`` call: the deadline is checked between calls, and one call
+#: may block on disk reads, which the socket's non-blocking mode does not cover.
+SENDFILE_BLOCK = 1024 * 1024
+#: Interim (1xx) answers accepted before the real one. A server sends one 100 Continue
+#: or a few 102 Processing; an endless stream of them is a broken host.
+MAX_INTERIM = 10
+#: Largest body accepted in an answer to a write, framing included. Media servers
+#: answer PUT, DELETE and MKCOL with nothing or a short error page (nginx: under 1 KiB);
+#: more is a server that will not stop, not an answer.
+MAX_ANSWER_BODY = 1024 * 1024
+#: How far past its deadline a request may run. A socket timeout is lowered to the time
+#: left only when that is this much below it: on a fast request the timeout is never
+#: touched (settimeout costs an ioctl(2)), and a late answer fails within this margin.
+DEADLINE_SLACK = 0.05
+#: How long an answer read after its deadline may still take. The fan-out reads hosts
+#: one after another, so while a hanging host is waited for, the others' deadlines pass
+#: with their answers already received: those are read (in microseconds), a silent
+#: host fails this soon instead of after a whole timeout.
+LATE_READ = 0.05
+_CAP_DIGITS = len(str(MAX_ANSWER_BODY))
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 # Header names are tokens (RFC 9110); values may not contain line breaks or NUL.
@@ -77,14 +103,56 @@ class _Malformed(Exception):
     """The bytes received are not an HTTP/1.x answer."""
 
 
+class _Deadline(Exception):
+    """The request's deadline passed (not one silent read: that is a TimeoutError)."""
+
+
+def _too_large() -> _Malformed:
+    return _Malformed(
+        f"the answer's body is larger than {_amount(MAX_ANSWER_BODY)}, "
+        "the most an answer to a write may carry"
+    )
+
+
 class Connection:
     """One socket to a media server and the bytes received but not yet parsed."""
 
-    def __init__(self, sock: socket.socket, plain: bool) -> None:
+    def __init__(self, sock: socket.socket, plain: bool, read_timeout: float) -> None:
         self.sock = sock
         self.plain = plain  # sendfile(2) only works on a socket without TLS
         self.buffer = bytearray()
         self.idle_since = 0.0
+        self.read_timeout = read_timeout
+        self.timeout = read_timeout  # what the socket's timeout is set to now
+        self.deadline = float("inf")  # of the request on this connection
+
+    def _arm(self) -> None:
+        """Bound the next socket call by the time left, or fail past the deadline.
+
+        The socket's timeout stays within ``[min(read_timeout, left), left + SLACK]``:
+        never an early timeout, never more than the slack late, and on a request that
+        finishes quickly no settimeout at all.
+        """
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Deadline
+        timeout = self.timeout
+        if timeout > left + DEADLINE_SLACK or (timeout < left and timeout < self.read_timeout):
+            timeout = min(self.read_timeout, left + DEADLINE_SLACK)
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
+
+    def _timed_out(self, exc: TimeoutError) -> BaseException:
+        """A socket timeout is the deadline's when the deadline had lowered it."""
+        return _Deadline() if self.timeout < self.read_timeout else exc
+
+    def _sendall(self, data: bytes) -> None:
+        # sendall's timeout bounds the whole call (Python >= 3.5), TLS's each record write.
+        self._arm()
+        try:
+            self.sock.sendall(data)
+        except TimeoutError as exc:
+            raise self._timed_out(exc) from None
 
     def close(self) -> None:
         self.sock.close()
@@ -104,9 +172,9 @@ class Connection:
 
     def send(self, head: bytes, inline: bytes | None, body: Any, size: int) -> None:
         if inline is not None:
-            self.sock.sendall(head + inline)
+            self._sendall(head + inline)
             return
-        self.sock.sendall(head)
+        self._sendall(head)
         if body is None or size == 0:
             return
         handle = body.open()
@@ -121,19 +189,56 @@ class Connection:
 
     def _send_file(self, handle: IO[bytes], size: int) -> int:
         if self.plain and _has_fileno(handle):
-            return self.sock.sendfile(handle, 0, size)
+            return self._sendfile(handle.fileno(), size)
         # TLS, or a body that is not a file (a stream from another media server).
         sent = 0
         while sent < size:
             data = handle.read(min(STREAM_BLOCK, size - sent))
             if not data:
                 break
-            self.sock.sendall(data)
+            self._sendall(data)
             sent += len(data)
         return sent
 
+    def _sendfile(self, fileno: int, size: int) -> int:
+        """sendfile(2) in bounded calls, waiting for room within the deadline.
+
+        Not ``socket.sendfile``: it waits up to the socket timeout for each bit of room
+        and has no bound on the whole, so a server that reads slowly held it for ever.
+        The socket is non-blocking (it has a timeout), so each call sends what fits.
+        """
+        sockno = self.sock.fileno()
+        poller: select.poll | None = None
+        offset = 0
+        while offset < size:
+            try:
+                sent = os.sendfile(sockno, fileno, offset, min(size - offset, SENDFILE_BLOCK))
+            except BlockingIOError:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise _Deadline from None
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(sockno, select.POLLOUT)
+                wait = min(self.read_timeout, left + DEADLINE_SLACK)
+                if not poller.poll(wait * 1000):
+                    if wait < self.read_timeout:
+                        raise _Deadline from None
+                    raise TimeoutError("timed out") from None
+                continue
+            if not sent:
+                break  # end of file: the caller reports a body shorter than announced
+            offset += sent
+            if offset < size and time.monotonic() >= self.deadline:
+                raise _Deadline
+        return offset
+
     def _fill(self) -> bool:
-        chunk = self.sock.recv(RECV_SIZE)
+        self._arm()
+        try:
+            chunk = self.sock.recv(RECV_SIZE)
+        except TimeoutError as exc:
+            raise self._timed_out(exc) from None
         if not chunk:
             return False
         self.buffer += chunk
@@ -142,6 +247,7 @@ class Connection:
     def read_answer(self, method: str) -> tuple[Answer, bool]:
         """Read one answer; return it and whether the connection can carry another."""
         received_any = False
+        interim = 0
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             if end > MAX_HEAD or (end < 0 and len(self.buffer) > MAX_HEAD):
@@ -157,7 +263,11 @@ class Connection:
             del self.buffer[: end + 4]
             version, status, reason, headers = _parse_head(head)
             if 100 <= status < 200:
-                continue  # an interim answer (100 Continue, 102 Processing): the real one follows
+                # An interim answer (100 Continue, 102 Processing): the real one follows.
+                interim += 1
+                if interim > MAX_INTERIM:
+                    raise _Malformed(f"more than {MAX_INTERIM} interim (1xx) answers")
+                continue
             break
         reusable = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
         if method == "HEAD" or status in (204, 304):
@@ -168,11 +278,20 @@ class Connection:
             length = headers["content-length"]
             if not _DIGITS.fullmatch(length):
                 raise _Malformed(f"invalid Content-Length {length!r}")
-            self._skip(int(length))
+            # Digits counted first: int() refuses more than 4300 of them (ValueError).
+            digits = length.lstrip("0")
+            if len(digits) > _CAP_DIGITS or int(digits or "0") > MAX_ANSWER_BODY:
+                raise _too_large()
+            self._skip(int(digits or "0"))
         else:
             # No length: the body runs to the end of the connection.
-            while self._fill():
+            received = len(self.buffer)
+            self.buffer.clear()
+            while received <= MAX_ANSWER_BODY and self._fill():
+                received += len(self.buffer)
                 self.buffer.clear()
+            if received > MAX_ANSWER_BODY:
+                raise _too_large()
             reusable = False
         return Answer(status, reason, headers), reusable
 
@@ -195,15 +314,25 @@ class Connection:
                 raise _Malformed("a chunked body was cut short")
 
     def _skip_chunked(self) -> None:
+        budget = MAX_ANSWER_BODY  # framing and trailers count: they could be endless too
         while True:
-            size_text = self._line().split(b";", 1)[0].strip()
+            line = self._line()
+            budget -= len(line) + 2
+            size_text = line.split(b";", 1)[0].strip()
             if not _HEX.fullmatch(size_text):
                 raise _Malformed(f"invalid chunk size {size_text[:20]!r}")
             size = int(size_text, 16)
             if size == 0:
-                while self._line():  # trailer fields, up to an empty line
-                    pass
-                return
+                while True:  # trailer fields, up to an empty line
+                    line = self._line()
+                    budget -= len(line) + 2
+                    if budget < 0:
+                        raise _too_large()
+                    if not line:
+                        return
+            budget -= size + 2
+            if budget < 0:
+                raise _too_large()
             self._skip(size + 2)
 
 
@@ -258,6 +387,18 @@ def _answer_left_on(conn: Connection, method: str) -> Answer | None:
     return answer
 
 
+def _amount(count: float) -> str:
+    """Bytes for people: 512 KiB, 1.5 MiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{_number(count / scale)} {unit}"
+    return f"{_number(count)} B"
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
 def basic_credentials(user: str, password: str) -> str:
     """The Authorization value for HTTP Basic; UTF-8, as RFC 7617 recommends."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
@@ -269,18 +410,21 @@ class Pending:
 
     If the connection turns out to have been closed before the server answered (a
     keep-alive timeout or a reload racing our request), the request is sent once more
-    on a new connection: PUT, DELETE and MKCOL are idempotent.
+    on a new connection: PUT, DELETE and MKCOL are idempotent. The retry keeps the
+    deadline set here, so a flaky server cannot double a save's wait.
     """
 
     def __init__(
         self, pool: ConnectionPool, method: str, target: str, head: bytes, body: Any
     ) -> None:
+        size = 0 if body is None else body.size
+        self.deadline = time.monotonic() + pool.read_timeout + size / pool.min_transfer_rate
         self.pool = pool
         self.method = method
         self.target = target
         self.head = head
         self.body = body
-        self.size = 0 if body is None else body.size
+        self.size = size
         self.inline: bytes | None = None
         if body is not None and self.size <= INLINE_BODY:
             self.inline = body.inline()
@@ -299,6 +443,7 @@ class Pending:
     def _send(self) -> None:
         while True:
             conn = self.conn = self.pool.acquire(self, fresh=self.retried)
+            conn.deadline = self.deadline
             try:
                 conn.send(self.head, self.inline, self.body, self.size)
                 return
@@ -312,18 +457,34 @@ class Pending:
                 self._count_retry(exc)
             except BaseException as exc:
                 self._discard()
-                raise self.pool.translate(exc, self) from exc
+                raise self.pool.translate(exc, self, sending=True) from exc
 
     def _count_retry(self, exc: BaseException) -> None:
+        where = f"{self.method} {self.pool.url(self.target)}"
         if self.retried:
             raise requests.ConnectionError(
-                f"{self.method} {self.pool.url(self.target)}: the connection was closed "
+                f"{where}: the connection was closed "
                 f"before any answer, twice ({exc or type(exc).__name__})"
+            ) from exc
+        if time.monotonic() >= self.deadline:
+            # Noticed late (another host's answer was awaited first): the retry keeps
+            # the deadline, so there is no time left to send again.
+            raise requests.ReadTimeout(
+                f"{where}: the connection was closed before any answer, with no time left "
+                f"to send again within {self.pool.deadline_reason(self)}"
             ) from exc
         self.retried = True
 
     def answer(self) -> Answer:
-        """Wait for the server's answer (within the read timeout) and return it."""
+        """Wait for the server's answer (within the request's deadline) and return it.
+
+        Called past the deadline (the fan-out awaited another host first), it still
+        takes an answer that has arrived, within ``LATE_READ``.
+        """
+        if self.conn is not None:
+            now = time.monotonic()
+            if now > self.deadline:
+                self.conn.deadline = now + LATE_READ
         while self._early is None:
             conn = self.conn
             assert conn is not None
@@ -363,6 +524,7 @@ class ConnectionPool:
         read_timeout: float,
         verify: bool | str = True,
         max_idle: int = 10,
+        min_transfer_rate: float = 256 * 1024,
     ) -> None:
         parts = urlsplit(host.origin)
         self.host = host
@@ -372,6 +534,9 @@ class ConnectionPool:
         self.netloc = parts.netloc
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        #: Bytes per second a request's deadline allows for its body, on top of the
+        #: read timeout (``settings.OPTIONS``).
+        self.min_transfer_rate = min_transfer_rate
         self.verify = verify
         self.max_idle = max_idle
         self._idle: list[Connection] = []
@@ -448,7 +613,7 @@ class ConnectionPool:
         except BaseException:
             sock.close()
             raise
-        return Connection(sock, plain=not self.https)
+        return Connection(sock, plain=not self.https, read_timeout=self.read_timeout)
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -469,7 +634,12 @@ class ConnectionPool:
         return self._ssl_context
 
     def translate(
-        self, exc: BaseException, pending: Pending, *, connecting: bool = False
+        self,
+        exc: BaseException,
+        pending: Pending,
+        *,
+        connecting: bool = False,
+        sending: bool = False,
     ) -> BaseException:
         """The requests exception for a low-level failure, naming the request."""
         if isinstance(exc, requests.RequestException):
@@ -477,11 +647,16 @@ class ConnectionPool:
         where = f"{pending.method} {self.url(pending.target)}"
         if isinstance(exc, _Malformed):
             return requests.ConnectionError(f"{where}: invalid answer: {exc}")
+        if isinstance(exc, _Deadline):
+            what = "the request was not sent in full" if sending else "no complete answer"
+            return requests.ReadTimeout(f"{where}: {what} within {self.deadline_reason(pending)}")
         if isinstance(exc, TimeoutError):
             if connecting:
                 return requests.ConnectTimeout(
                     f"{where}: no connection within {self.connect_timeout}s"
                 )
+            if sending:
+                return requests.ReadTimeout(f"{where}: sending stalled for {self.read_timeout}s")
             return requests.ReadTimeout(f"{where}: no answer within {self.read_timeout}s")
         if isinstance(exc, ssl.SSLError | ssl.CertificateError):
             return requests.exceptions.SSLError(f"{where}: {exc}")
@@ -489,6 +664,14 @@ class ConnectionPool:
             verb = "cannot connect" if connecting else "connection failed"
             return requests.ConnectionError(f"{where}: {verb}: {exc}")
         return exc
+
+    def deadline_reason(self, pending: Pending) -> str:
+        """The deadline of a request and how it was reached, for people reading a log."""
+        allowed = self.read_timeout + pending.size / self.min_transfer_rate
+        why = f"timeout {_number(self.read_timeout)} s"
+        if pending.size:
+            why += f" + {_amount(pending.size)} at {_amount(self.min_transfer_rate)}/s"
+        return f"{_number(allowed)} s ({why})"
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("connection pools hold sockets and cannot be pickled")

@@ -154,3 +154,91 @@ def test_media_path(base_url, path):
 def test_media_path_refuses_query_and_fragment(base_url):
     with pytest.raises(ImproperlyConfigured, match="query string or a fragment"):
         media_path(base_url)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("min_transfer_rate", 0),
+        ("min_transfer_rate", 0.0),
+        ("min_transfer_rate", -1024),
+        ("min_transfer_rate", True),
+        ("min_transfer_rate", False),
+        ("min_transfer_rate", "262144"),
+        ("min_transfer_rate", None),
+        ("lock_timeout", 0),
+        ("lock_timeout", -1.5),
+        ("lock_timeout", True),
+        ("lock_timeout", "10"),
+        ("lock_timeout", None),
+    ],
+)
+def test_bad_rates_and_lock_timeouts(option, value):
+    """A rate of 0 would make every write's deadline infinite; True would be 1 B/s."""
+    with pytest.raises(ImproperlyConfigured, match=r"must be a positive number") as info:
+        resolve_options("HybridStorage", {option: value}, ())
+    assert f"OPTIONS[{option!r}]" in str(info.value)
+
+
+@pytest.mark.parametrize(("given", "resolved"), [(1, 1.0), (65536, 65536.0), (1.5, 1.5)])
+@pytest.mark.parametrize("option", ["min_transfer_rate", "lock_timeout"])
+def test_rates_and_lock_timeouts_accept_int_and_float(option, given, resolved):
+    value = resolve_options("HybridStorage", {option: given}, ())[option]
+    assert value == resolved
+    assert type(value) is float
+
+
+def test_rate_and_lock_timeout_defaults():
+    resolved = resolve_options("HybridStorage", {}, ())
+    assert resolved["min_transfer_rate"] == 256 * 1024
+    assert resolved["lock_timeout"] == 10
+
+
+@override_settings(RESTO_MIN_TRANSFER_RATE=1000, RESTO_LOCK_TIMEOUT=3)
+def test_rate_and_lock_timeout_from_global_settings():
+    storage = HybridStorage(hosts=["a:1"])
+    assert (storage.min_transfer_rate, storage.lock_timeout) == (1000.0, 3.0)
+    assert storage.transport("a:1").min_transfer_rate == 1000.0
+
+
+@override_settings(RESTO_MIN_TRANSFER_RATE=0)
+def test_bad_global_rate_is_named():
+    with pytest.raises(ImproperlyConfigured, match="RESTO_MIN_TRANSFER_RATE must be a positive"):
+        HybridStorage(hosts=["a:1"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "X-Token\x00",
+        "X Token",
+        "X-Token:",
+        ":X-Token",
+        "X-Tökèn",
+        "\u0425-Token",
+        "",
+        "X-Token\n",
+        42,
+    ],
+    ids=[
+        "nul",
+        "space",
+        "colon",
+        "leading-colon",
+        "latin-1",
+        "cyrillic",
+        "empty",
+        "newline",
+        "int",
+    ],
+)
+def test_token_header_must_be_a_token(value):
+    """Refused at configuration: on the wire it would split the request's head, or
+    fail each write with an encoding error (the head is Latin-1)."""
+    with pytest.raises(ImproperlyConfigured, match="an HTTP header name"):
+        resolve_options("HybridStorage", {"token_header": value}, ())
+
+
+@pytest.mark.parametrize("value", ["Authorization", "X-Auth-Token", "x_token", "X!#$%&'*+.^`|~"])
+def test_token_header_tokens_are_accepted(value):
+    assert resolve_options("HybridStorage", {"token_header": value}, ())["token_header"] == value

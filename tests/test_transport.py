@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import time
 
 import pytest
 import requests
@@ -378,3 +379,24 @@ def test_idle_probe_works_for_descriptors_above_1023(test_servers, monkeypatch):
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_min_transfer_rate_reaches_the_pool_and_survives_pickling(test_servers):
+    (server,) = test_servers()
+    assert transport_for(server).pool.min_transfer_rate == 256 * 1024  # the settings' default
+    transport = transport_for(server, timeout=1.5, min_transfer_rate=1024.0)
+    assert (transport.pool.read_timeout, transport.pool.min_transfer_rate) == (1.5, 1024.0)
+    assert pickle.loads(pickle.dumps(transport)).pool.min_transfer_rate == 1024.0
+
+
+def test_write_deadline_is_the_timeout_plus_the_body_at_the_minimum_rate(test_servers):
+    # 2 s + 10 KiB at 1 KiB/s: a 12 s deadline, although each read may only wait 2 s.
+    (server,) = test_servers()
+    transport = transport_for(server, timeout=2, min_transfer_rate=1024)
+    began = time.monotonic()
+    pending = transport.start_write("PUT", "/media/d.bin", BytesBody(b"x" * 10 * 1024))
+    assert began + 12 <= pending.deadline <= time.monotonic() + 12
+    assert pending.answer().status == 201
+    delete = transport.start_write("DELETE", "/media/d.bin")
+    assert delete.deadline <= time.monotonic() + 2  # no body: the timeout alone
+    assert delete.answer().status == 204

@@ -13,6 +13,7 @@ import os
 import pickle
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import requests
 from django_resto import wire
 from django_resto.settings import parse_host
 from django_resto.transport import BytesBody, FileBody
+from tests.servers import TlsFiles
 
 #: How often server threads blocked on a socket look at the stop flag.
 POLL = 0.05
@@ -46,15 +48,33 @@ class Act(enum.Enum):
 
 @dataclass(frozen=True)
 class Reply:
-    """Bytes to write back, in parts, and whether to close the connection afterwards."""
+    """Bytes to write back, in parts, and whether to close the connection afterwards.
+
+    ``repeat`` is written for ever after the parts, until the client gives up: the
+    server that never stops talking. ``delay`` passes before the first part.
+    """
 
     parts: tuple[bytes, ...]
     close: bool = False
+    pause: float = PART_PAUSE
+    repeat: bytes = b""
+    delay: float = 0.0
 
 
-def reply(*parts: bytes, close: bool = False) -> Reply:
+def reply(
+    *parts: bytes,
+    close: bool = False,
+    pause: float = PART_PAUSE,
+    repeat: bytes = b"",
+    delay: float = 0.0,
+) -> Reply:
     """Several parts arrive in separate reads: they exercise the client's partial parsing."""
-    return Reply(parts, close)
+    return Reply(parts, close, pause, repeat, delay)
+
+
+def trickle(data: bytes, pause: float, **kwargs: Any) -> Reply:
+    """``data`` one byte at a time: every read is quick, the whole answer is not."""
+    return reply(*(data[index : index + 1] for index in range(len(data))), pause=pause, **kwargs)
 
 
 Action = Reply | Act
@@ -77,8 +97,24 @@ class ScriptedServer:
     Each connection is served by its own thread, so a pool may hold several.
     """
 
-    def __init__(self, actions: list[Action]) -> None:
+    def __init__(
+        self,
+        actions: list[Action],
+        *,
+        read_block: int = 1024 * 1024,
+        read_pause: float = 0.0,
+        receive_buffer: int | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.actions = list(actions)
+        # A slow reader: at most ``read_block`` bytes per read, ``read_pause`` after each.
+        self.read_block = read_block
+        self.read_pause = read_pause
+        self.context: ssl.SSLContext | None = None
+        self.ca_cert = None if tls is None else str(tls.ca_cert)
+        if tls is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(tls.cert, tls.key)
         self.requests: list[bytes] = []  # complete requests, head and body, as received
         self.accepted = 0
         self.closed = 0  # connections the server side has closed
@@ -86,11 +122,18 @@ class ScriptedServer:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.socket()
+        if receive_buffer is not None:
+            # Before listen(), so accepted sockets inherit it: a small window makes a
+            # slow reader slow down the client at once, whatever the kernel would buffer.
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
         self.listener.settimeout(POLL)
         self.port: int = self.listener.getsockname()[1]
-        self.host = parse_host(f"127.0.0.1:{self.port}")
-        self.origin = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if tls is not None else "http"
+        self.host = parse_host(f"{scheme}://127.0.0.1:{self.port}")
+        self.origin = f"{scheme}://127.0.0.1:{self.port}"
         acceptor = threading.Thread(target=self._accept_loop, daemon=True)
         self._threads.append(acceptor)
         acceptor.start()
@@ -129,11 +172,14 @@ class ScriptedServer:
         deadline = time.monotonic() + SERVER_DEADLINE
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                return sock.recv(1024 * 1024)
+                data = sock.recv(self.read_block)
             except TimeoutError:
                 continue
             except OSError:
                 return b""
+            if data and self.read_pause:
+                self._stop.wait(self.read_pause)
+            return data
         return b""
 
     def _read_request(self, sock: socket.socket, buffer: bytearray) -> bytes | None:
@@ -156,6 +202,10 @@ class ScriptedServer:
     def _serve(self, sock: socket.socket) -> None:
         buffer = bytearray()
         try:
+            if self.context is not None:
+                sock.settimeout(SERVER_DEADLINE)
+                sock = self.context.wrap_socket(sock, server_side=True)
+                sock.settimeout(POLL)
             while True:
                 request = self._read_request(sock, buffer)
                 if request is None:
@@ -171,10 +221,20 @@ class ScriptedServer:
                         pass
                     return
                 sock.settimeout(SERVER_DEADLINE)
+                if action.delay and self._stop.wait(action.delay):
+                    return
                 for index, part in enumerate(action.parts):
                     if index:
-                        time.sleep(PART_PAUSE)
+                        time.sleep(action.pause)
                     sock.sendall(part)
+                if action.repeat:
+                    # Until the client closes (the write fails) or the fixture stops.
+                    deadline = time.monotonic() + SERVER_DEADLINE
+                    while not self._stop.is_set() and time.monotonic() < deadline:
+                        sock.sendall(action.repeat)
+                        if action.pause:
+                            self._stop.wait(action.pause)
+                    return
                 sock.settimeout(POLL)
                 with self._cond:
                     self.answered += 1
@@ -196,11 +256,11 @@ PoolFor = Callable[..., wire.ConnectionPool]
 
 @pytest.fixture
 def scripted() -> Iterator[Scripted]:
-    """Start scripted servers: ``scripted(reply(CREATED), Act.CLOSE)``."""
+    """Start scripted servers: ``scripted(reply(CREATED), Act.CLOSE, read_pause=0.1)``."""
     servers: list[ScriptedServer] = []
 
-    def start(*actions: Action) -> ScriptedServer:
-        server = ScriptedServer(list(actions))
+    def start(*actions: Action, **options: Any) -> ScriptedServer:
+        server = ScriptedServer(list(actions), **options)
         servers.append(server)
         return server
 
@@ -221,6 +281,8 @@ def pool_for(scripted: Scripted) -> Iterator[PoolFor]:
     def make(server: ScriptedServer, **kwargs: Any) -> wire.ConnectionPool:
         kwargs.setdefault("connect_timeout", 2.0)
         kwargs.setdefault("read_timeout", 2.0)
+        if server.ca_cert is not None:
+            kwargs.setdefault("verify", server.ca_cert)
         pool = wire.ConnectionPool(server.host, **kwargs)
         pools.append(pool)
         return pool
@@ -883,3 +945,386 @@ def test_an_answer_sent_before_the_body_was_read_is_the_outcome():
     assert (answer.status, answer.reason) == (413, "Content Too Large")
     assert (pool.opened, pool.sent) == (1, 1)  # no retry
     assert pool._idle == []  # the connection is not kept
+
+
+# Deadlines and caps: a server that never stops, or never finishes, fails the request
+
+#: How late a failure past its deadline may come on a loaded 2-core machine: the
+#: bound says "not a hang", never how fast the client is.
+LATE = 1.5
+
+
+def deadline_of(pool: wire.ConnectionPool, size: int) -> float:
+    return pool.read_timeout + size / pool.min_transfer_rate
+
+
+def test_answer_head_trickled_a_byte_at_a_time_fails_at_the_deadline(scripted, pool_for):
+    # Every byte comes within the read timeout, the whole answer would take 4 s.
+    server = scripted(trickle(CREATED, 0.1))
+    pool = pool_for(server, read_timeout=0.5)
+    body = b"x" * wire.INLINE_BODY
+    began = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        put(pool, body)
+    elapsed = time.monotonic() - began
+    assert str(info.value) == (
+        f"PUT {server.origin}/media/a.txt: no complete answer within 0.75 s "
+        "(timeout 0.5 s + 64 KiB at 256 KiB/s)"
+    )
+    assert deadline_of(pool, len(body)) == 0.75
+    assert 0.75 <= elapsed < 0.75 + LATE
+    assert (pool.opened, pool.sent, len(server.requests)) == (1, 1, 1)  # not retried
+
+
+def test_answer_body_trickled_within_the_deadline_is_read(scripted, pool_for):
+    # Slow, but done in time: the deadline is a bound, not a speed limit on answers.
+    answer = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nhello"
+    server = scripted(trickle(answer, 0.005), reply(CREATED))
+    pool = pool_for(server, read_timeout=2.0)
+    assert put(pool) == wire.Answer(201, "Created", {"content-length": "5"})
+    assert put(pool).status == 201
+    assert pool.opened == 1
+
+
+def test_answer_trickled_over_tls_fails_at_the_deadline(scripted, pool_for, tls_files):
+    server = scripted(trickle(CREATED, 0.1), tls=tls_files)
+    pool = pool_for(server, read_timeout=0.5)
+    began = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        pool.start("DELETE", "/media/a.txt", headers={}).answer()
+    elapsed = time.monotonic() - began
+    assert str(info.value) == (
+        f"DELETE {server.origin}/media/a.txt: no complete answer within 0.5 s (timeout 0.5 s)"
+    )
+    assert 0.5 <= elapsed < 0.5 + LATE
+
+
+def test_endless_100_continue_fails_after_the_cap(scripted, pool_for):
+    server = scripted(reply(repeat=b"HTTP/1.1 100 Continue\r\n\r\n", pause=0))
+    pool = pool_for(server)
+    began = time.monotonic()
+    with pytest.raises(requests.ConnectionError) as info:
+        put(pool)
+    assert str(info.value) == (
+        f"PUT {server.origin}/media/a.txt: invalid answer: "
+        f"more than {wire.MAX_INTERIM} interim (1xx) answers"
+    )
+    assert not isinstance(info.value, requests.Timeout)
+    assert time.monotonic() - began < deadline_of(pool, 1) + LATE
+    assert (pool.opened, pool.sent) == (1, 1)
+    assert server.wait_for(lambda: server.closed == 1)  # the client hung up
+
+
+def test_interim_answers_up_to_the_cap_are_accepted(scripted, pool_for):
+    interim = b"HTTP/1.1 102 Processing\r\n\r\n" * wire.MAX_INTERIM
+    server = scripted(reply(interim, CREATED), reply(CREATED))
+    pool = pool_for(server)
+    assert put(pool).status == 201
+    assert put(pool).status == 201
+    assert pool.opened == 1
+
+
+ENDLESS_CHUNKS = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "repeat"),
+    [
+        (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n", ENDLESS_CHUNKS),
+        (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n" * 1000),
+        (
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+            b"X-Trailer: " + b"t" * 1000 + b"\r\n",
+        ),
+        (b"HTTP/1.1 201 Created\r\n\r\n", b"x" * 65536),
+        (b"HTTP/1.0 201 Created\r\n\r\n", b"x" * 65536),
+    ],
+    ids=["chunked", "tiny-chunks", "chunked-trailers", "close-delimited", "http-1.0"],
+)
+def test_endless_answer_body_fails_at_the_cap(scripted, pool_for, head, repeat):
+    # A 201 whose body never ends is not an acknowledgement.
+    server = scripted(reply(head, repeat=repeat, pause=0))
+    pool = pool_for(server)
+    began = time.monotonic()
+    with pytest.raises(requests.ConnectionError) as info:
+        put(pool)
+    assert str(info.value) == (
+        f"PUT {server.origin}/media/a.txt: invalid answer: the answer's body is larger "
+        "than 1 MiB, the most an answer to a write may carry"
+    )
+    assert not isinstance(info.value, requests.Timeout)
+    assert time.monotonic() - began < deadline_of(pool, 1) + LATE
+    assert (pool.opened, pool.sent) == (1, 1)  # never retried
+    assert server.wait_for(lambda: server.closed == 1)  # the client closed the connection
+    assert pool._idle == []
+
+
+@pytest.mark.parametrize(
+    "length",
+    [b"%d" % (wire.MAX_ANSWER_BODY + 1), b"9" * 5000, b"0" * 5000 + b"%d" % (1 << 40)],
+    ids=["one-over", "5000-digits", "leading-zeros"],
+)
+def test_content_length_over_the_cap_fails_without_reading(scripted, pool_for, length):
+    # 5000 digits: more than int() accepts, and still a clean failure of that host.
+    server = scripted(reply(b"HTTP/1.1 201 Created\r\nContent-Length: " + length + b"\r\n\r\n"))
+    pool = pool_for(server)
+    with pytest.raises(requests.ConnectionError, match="larger than 1 MiB, the most an answer"):
+        put(pool)
+    assert server.wait_for(lambda: server.closed == 1)
+    assert pool._idle == []
+
+
+def body_of(framing: str, size: int) -> Reply:
+    """A 201 whose body takes ``size`` bytes on the wire, framing included."""
+    if framing == "content-length":
+        return reply(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n" % size, b"x" * size)
+    if framing == "chunked":
+        data = size - len(b"fffff\r\n\r\n0\r\n\r\n")
+        body = b"%05x\r\n" % data + b"x" * data + b"\r\n0\r\n\r\n"
+        assert len(body) == size
+        return reply(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n", body)
+    return reply(b"HTTP/1.1 201 Created\r\n\r\n", b"x" * size, close=True)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "close-delimited"])
+def test_answer_body_of_exactly_the_cap_is_accepted(scripted, pool_for, framing):
+    server = scripted(body_of(framing, wire.MAX_ANSWER_BODY), reply(CREATED))
+    pool = pool_for(server)
+    assert put(pool).status == 201
+    assert put(pool).status == 201
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "close-delimited"])
+def test_answer_body_one_byte_over_the_cap_fails(scripted, pool_for, framing):
+    server = scripted(body_of(framing, wire.MAX_ANSWER_BODY + 1), reply(CREATED))
+    pool = pool_for(server)
+    with pytest.raises(requests.ConnectionError, match="larger than 1 MiB, the most an answer"):
+        put(pool)
+    assert put(pool).status == 201
+    assert (pool.opened, pool.sent) == (2, 2)
+
+
+def test_endless_close_delimited_body_trickled_fails_at_the_deadline(scripted, pool_for):
+    # Under the cap for ever, but never over: the deadline ends it.
+    server = scripted(reply(b"HTTP/1.1 201 Created\r\n\r\n", repeat=b"x" * 100, pause=0.05))
+    pool = pool_for(server, read_timeout=0.5)
+    began = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        put(pool)
+    elapsed = time.monotonic() - began
+    assert str(info.value) == (
+        f"PUT {server.origin}/media/a.txt: no complete answer within 0.5 s "
+        "(timeout 0.5 s + 1 B at 256 KiB/s)"
+    )
+    assert 0.5 <= elapsed < 0.5 + LATE
+
+
+#: A slow reader for send tests: 64 KiB reads, 20 ms apart (at most 3.2 MiB/s). Each
+#: wait for room in the send buffer is well within a 1 s read timeout, the whole of a
+#: 32 MiB body is not within the 3 s deadline of these tests.
+SLOW_READER = {"read_block": 64 * 1024, "read_pause": 0.02, "receive_buffer": 64 * 1024}
+SLOW_BODY = 32 * 1024 * 1024
+
+
+@pytest.mark.parametrize("kind", ["file-sendfile", "bytes-stream"])
+def test_server_reading_the_body_slowly_is_bounded_by_the_deadline(
+    scripted, pool_for, tmp_path, kind, sendfile_calls
+):
+    server = scripted(reply(CREATED), **SLOW_READER)
+    pool = pool_for(server, read_timeout=1.0, min_transfer_rate=16 * 1024 * 1024)
+    data = os.urandom(SLOW_BODY)
+    if kind == "file-sendfile":
+        path = tmp_path / "big.bin"
+        path.write_bytes(data)
+        body: Any = FileBody(path)
+    else:
+        body = BytesBody(data)
+    began = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        pool.start("PUT", "/media/big.bin", headers={}, body=body).answer()
+    elapsed = time.monotonic() - began
+    assert str(info.value) == (
+        f"PUT {server.origin}/media/big.bin: the request was not sent in full within 3 s "
+        "(timeout 1 s + 32 MiB at 16 MiB/s)"
+    )
+    assert 3 <= elapsed < 3 + LATE
+    assert bool(sendfile_calls) is (kind == "file-sendfile")
+    assert server.requests == []  # the rest of the body was never sent
+    assert (pool.opened, pool.sent, pool._idle) == (1, 1, [])
+
+
+def test_server_reading_the_body_slowly_over_tls_is_bounded_by_the_deadline(
+    scripted, pool_for, tmp_path, tls_files
+):
+    # TLS records are 16 KiB: a 64 KiB read takes one, so this reader is slower still.
+    server = scripted(reply(CREATED), tls=tls_files, **{**SLOW_READER, "read_pause": 0.005})
+    pool = pool_for(server, read_timeout=1.0, min_transfer_rate=16 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(SLOW_BODY))
+    began = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        pool.start("PUT", "/media/big.bin", headers={}, body=FileBody(path)).answer()
+    elapsed = time.monotonic() - began
+    assert str(info.value) == (
+        f"PUT {server.origin}/media/big.bin: the request was not sent in full within 3 s "
+        "(timeout 1 s + 32 MiB at 16 MiB/s)"
+    )
+    assert 3 <= elapsed < 3 + LATE
+
+
+@pytest.mark.parametrize("kind", ["file-sendfile", "bytes-stream"])
+def test_server_that_stops_reading_fails_after_the_read_timeout(scripted, pool_for, tmp_path, kind):
+    # A long deadline (32 s) does not let a server go silent: no room in the send
+    # buffer for a whole read timeout fails the request then.
+    server = scripted(reply(CREATED), read_pause=SERVER_DEADLINE)  # one read, then nothing
+    pool = pool_for(server, read_timeout=0.3, min_transfer_rate=1024 * 1024)
+    data = os.urandom(SLOW_BODY)
+    if kind == "file-sendfile":
+        path = tmp_path / "big.bin"
+        path.write_bytes(data)
+        body: Any = FileBody(path)
+    else:
+        body = BytesBody(data)
+    began = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        pool.start("PUT", "/media/big.bin", headers={}, body=body).answer()
+    assert str(info.value) == f"PUT {server.origin}/media/big.bin: sending stalled for 0.3s"
+    assert 0.3 <= time.monotonic() - began < 0.3 + LATE
+
+
+@pytest.mark.parametrize("kind", ["file-sendfile", "bytes-stream"])
+def test_large_body_longer_than_the_timeout_is_not_cut_off(scripted, pool_for, tmp_path, kind):
+    # 512 reads of 64 KiB, 5 ms apart: at least 2.56 s of sending, more than the 2 s
+    # timeout, well within the deadline of 2 s + 32 MiB at 4 MiB/s = 10 s.
+    server = scripted(reply(CREATED), read_block=64 * 1024, read_pause=0.005)
+    pool = pool_for(server, read_timeout=2.0, min_transfer_rate=4 * 1024 * 1024)
+    data = os.urandom(SLOW_BODY)
+    if kind == "file-sendfile":
+        path = tmp_path / "big.bin"
+        path.write_bytes(data)
+        body: Any = FileBody(path)
+    else:
+        body = BytesBody(data)
+    began = time.monotonic()
+    answer = pool.start("PUT", "/media/big.bin", headers={}, body=body).answer()
+    elapsed = time.monotonic() - began
+    assert answer.status == 201
+    assert pool.read_timeout < elapsed < deadline_of(pool, SLOW_BODY) == 10
+    (request,) = server.requests
+    assert request == expected_put(server, data, "/media/big.bin")
+
+
+def test_retry_after_a_stale_connection_keeps_the_deadline(scripted, pool_for):
+    # The first connection is closed without an answer after 0.4 s (a stale connection,
+    # retried); the retry then hangs. A new deadline would give it a whole timeout and
+    # end in "no answer within 0.6s" at 1 s; the request's own ends it at 0.6 s.
+    server = scripted(reply(delay=0.4, close=True), Act.HANG)
+    pool = pool_for(server, read_timeout=0.6)
+    began = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        put(pool)
+    elapsed = time.monotonic() - began
+    assert str(info.value) == (
+        f"PUT {server.origin}/media/a.txt: no complete answer within 0.6 s "
+        "(timeout 0.6 s + 1 B at 256 KiB/s)"
+    )
+    assert 0.6 <= elapsed < 0.6 + LATE
+    assert (pool.opened, pool.sent, len(server.requests)) == (2, 2, 2)
+
+
+def test_no_retry_once_the_deadline_has_passed(scripted, pool_for):
+    # The connection closed without an answer, but that is only seen past the deadline
+    # (another host was awaited first): a retry would start too late.
+    server = scripted(reply(delay=0.6, close=True), reply(CREATED))
+    pool = pool_for(server, read_timeout=0.5)
+    pending = pool.start("DELETE", "/media/a.txt", headers={})
+    assert server.wait_for(lambda: server.closed == 1)
+    with pytest.raises(requests.ReadTimeout) as info:
+        pending.answer()
+    assert str(info.value) == (
+        f"DELETE {server.origin}/media/a.txt: the connection was closed before any answer, "
+        "with no time left to send again within 0.5 s (timeout 0.5 s)"
+    )
+    assert (pool.opened, pool.sent, server.accepted) == (1, 1, 1)
+
+
+def test_an_answer_received_in_time_is_taken_after_the_deadline(scripted, pool_for):
+    # The fan-out reads answers one host after another: while a hanging host is waited
+    # for, the others' deadlines pass with their answers already received.
+    hanging, silent = scripted(Act.HANG), scripted(Act.HANG)
+    quick = scripted(reply(CREATED), reply(NO_CONTENT))
+    pools = [pool_for(server, read_timeout=0.5) for server in (hanging, quick, silent)]
+    started = [pool.start("PUT", "/media/p", headers={}, body=BytesBody(b"1")) for pool in pools]
+    assert quick.wait_for(lambda: quick.answered == 1)
+    with pytest.raises(requests.ReadTimeout, match=r"no answer within 0\.5s"):
+        started[0].answer()
+    assert time.monotonic() > started[1].deadline
+    assert started[1].answer() == wire.Answer(201, "Created", {"content-length": "0"})
+    # Nothing received by the deadline: no second read timeout is waited for.
+    with pytest.raises(requests.ReadTimeout) as info:
+        started[2].answer()
+    assert str(info.value) == (
+        f"PUT {silent.origin}/media/p: no complete answer within 0.5 s "
+        "(timeout 0.5 s + 1 B at 256 KiB/s)"
+    )
+    # The connection read past its deadline serves the next request with a whole timeout.
+    assert put(pools[1]).status == 204
+    (conn,) = pools[1]._idle
+    assert conn.timeout == conn.sock.gettimeout() == 0.5
+    assert pools[1].opened == 1
+
+
+def test_an_answer_read_after_the_deadline_gets_a_short_grace_not_a_trickle(scripted, pool_for):
+    # Read late, a trickling host gets LATE_READ to finish, not another deadline.
+    hanging, trickling = scripted(Act.HANG), scripted(trickle(CREATED, 0.1))
+    pools = [pool_for(server, read_timeout=0.5) for server in (hanging, trickling)]
+    began = time.monotonic()
+    started = [pool.start("DELETE", "/media/p", headers={}) for pool in pools]
+    with pytest.raises(requests.ReadTimeout, match=r"no answer within 0\.5s"):
+        started[0].answer()
+    late = time.monotonic()
+    with pytest.raises(requests.ReadTimeout) as info:
+        started[1].answer()
+    assert str(info.value) == (
+        f"DELETE {trickling.origin}/media/p: no complete answer within 0.5 s (timeout 0.5 s)"
+    )
+    assert time.monotonic() - late >= wire.LATE_READ
+    assert time.monotonic() - began < 0.5 + LATE  # the whole trickle would take 4.3 s
+
+
+def test_a_fast_request_leaves_the_socket_timeout_alone(scripted, pool_for, monkeypatch):
+    # settimeout is an ioctl(2): the hot path must not pay it on every request. (A
+    # wide slack, so a stalled test process cannot make a request slow.)
+    monkeypatch.setattr(wire, "DEADLINE_SLACK", 1.0)
+    server = scripted(reply(CREATED), reply(NO_CONTENT), reply(NO_CONTENT))
+    pool = pool_for(server)
+    assert put(pool).status == 201  # opens the connection, which sets its timeout
+    (conn,) = pool._idle
+    calls: list[float | None] = []
+    real = socket.socket.settimeout
+
+    def counting(self: socket.socket, value: float | None) -> None:
+        if self is conn.sock:  # not the server's sockets
+            calls.append(value)
+        real(self, value)
+
+    monkeypatch.setattr(socket.socket, "settimeout", counting)
+    assert put(pool, b"y" * 1000).status == 204
+    assert pool.start("DELETE", "/media/a.txt", headers={}).answer().status == 204
+    assert calls == []
+    assert pool.opened == 1
+
+
+def test_a_timeout_lowered_by_one_deadline_is_raised_for_the_next_request(scripted, pool_for):
+    # A slow answer lowers the socket's timeout towards its deadline; the next request
+    # on the connection gets the whole read timeout back.
+    slow = b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\n"
+    server = scripted(reply(slow, b"a", b"b", b"c", pause=0.2), reply(NO_CONTENT))
+    pool = pool_for(server, read_timeout=1.5)
+    assert put(pool).status == 201
+    (conn,) = pool._idle
+    assert conn.timeout < pool.read_timeout
+    assert conn.sock.gettimeout() == pytest.approx(conn.timeout)
+    assert put(pool).status == 204
+    assert conn.sock.gettimeout() == conn.timeout == pool.read_timeout
+    assert pool.opened == 1
