@@ -123,3 +123,73 @@ def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 )
             )
     return messages
+
+
+@register(Tags.compatibility, "django_resto")
+def check_ordering(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Say when the per-name lock cannot hold across processes (see ordering.py)."""
+    if not _resto_storages():
+        return []
+    from django.db import connections
+
+    from .ordering import journal_database, strategy
+
+    alias = journal_database()
+    if alias is None:
+        return [
+            Warning(
+                "django_resto is not in INSTALLED_APPS: there is no journal, and the "
+                "per-name lock that orders replications holds within one process only.",
+                hint="Add 'django_resto' to INSTALLED_APPS and migrate.",
+                id="django_resto.W007",
+            )
+        ]
+    if strategy(alias) != "process":
+        return []
+    return [
+        Warning(
+            f"The journal database {alias!r} ({connections[alias].vendor}) gives django_resto "
+            "no lock shared between processes: replications of one name are ordered within "
+            "each process only, so a save and a delete in two processes can leave a deleted "
+            "file on the media servers.",
+            hint="Use PostgreSQL for the journal (several processes or machines), or SQLite "
+            "on a file (one machine).",
+            id="django_resto.W007",
+        )
+    ]
+
+
+@register(Tags.database, "django_resto")
+def check_sqlite_journal(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Several processes on one SQLite journal need WAL, or readers block writers."""
+    if not databases or not _resto_storages():
+        return []
+    from django.db import connections
+
+    from .ordering import journal_database
+
+    alias = journal_database()
+    if alias is None or alias not in databases or connections[alias].vendor != "sqlite":
+        return []
+    return sqlite_journal_warnings(connections[alias])
+
+
+def sqlite_journal_warnings(connection: Any) -> list[CheckMessage]:
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        row = cursor.fetchone()
+    mode = str(row[0]).lower() if row else ""
+    if mode == "wal":
+        return []
+    return [
+        Warning(
+            f"The SQLite journal database {connection.alias!r} is in journal mode {mode!r}: "
+            "with several processes (gunicorn workers, timers) a reader blocks the writers, "
+            "and saves wait for each other.",
+            hint="Set DATABASES[...]['OPTIONS'] = {'init_command': 'PRAGMA journal_mode=WAL', "
+            "'timeout': 20}.",
+            id="django_resto.W008",
+        )
+    ]

@@ -8,7 +8,7 @@ from typing import Any
 from .fanout import Outcome
 from .transport import UnexpectedStatusCode
 
-__all__ = ["ReplicationError", "UnexpectedStatusCode"]
+__all__ = ["JournalError", "ReplicationError", "UnexpectedStatusCode"]
 
 
 def describe(error: BaseException | None) -> str:
@@ -54,3 +54,28 @@ class ReplicationError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.operation, self.name, self.failures, self.total, self.detail))
+
+
+class JournalError(ReplicationError):
+    """Hosts may be behind and the journal could not record it.
+
+    Raised whatever ``fatal_exceptions`` says: that option trusts the journal to
+    repair what failed, and here the journal cannot. A ReplicationError, so code
+    that handles failed replications handles this one; ``failures`` names the hosts
+    (none when the lost row was an intent, written before anything was sent) and
+    ``detail`` why the journal failed. The master copy is intact: run
+    ``resto_sync --repair`` once the cause is fixed.
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        name: str,
+        failures: Sequence[Outcome] = (),
+        total: int | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(operation, name, failures, total, detail)
+        if not self.failures:
+            # Nothing failed yet: say only what the journal could not record.
+            Exception.__init__(self, f"{operation} {name!r}: {detail}")

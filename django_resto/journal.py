@@ -1,16 +1,22 @@
 """Writing and clearing journal rows, with the supersession rule in one place.
 
-Each operation carries ``seq``, the time it started. A failure writes the row for
+Each operation carries ``seq``, the number the database issued to it inside the
+name's lock (ordering.py), never a clock reading: a machine whose clock runs ahead
+could otherwise clear rows written after it. A failure writes the row for
 (storage, host, name) unless a newer operation already did; a success deletes the
 row only if no newer operation wrote it since. So whatever order threads and
 processes finish in, a row exists exactly while the host may be behind.
+
+A failure that cannot be written is not swallowed: :class:`JournalError` reaches the
+caller, whatever ``fatal_exceptions`` says, because without the row nothing would
+ever repair that host. A success that cannot clear its row only leaves a stale row
+behind (the repair finds the host in line), so that is logged.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Iterable
 
 from django.apps import apps
@@ -27,7 +33,10 @@ def enabled() -> bool:
 
 
 def now_seq() -> int:
-    return time.time_ns()
+    """A fresh operation number from the journal's database (see ordering.next_seq)."""
+    from .ordering import next_seq
+
+    return next_seq()
 
 
 def _model():
@@ -82,10 +91,16 @@ def mark(
             )
 
 
-def clear(storage: str, hosts: Iterable[str], name: str, seq: int) -> int:
-    """Forget rows that operation ``seq`` (or a later state of the host) made obsolete."""
+def clear(
+    storage: str, hosts: Iterable[str], name: str, seq: int, *, known: bool | None = None
+) -> int:
+    """Forget rows that operation ``seq`` (or a later state of the host) made obsolete.
+
+    ``known=False`` says the caller already asked (``probe``, with the lock) and the
+    name had no rows: nothing is sent to the database.
+    """
     hosts = list(hosts)
-    if not hosts:
+    if not hosts or known is False:
         return 0
     # Nearly every successful operation has nothing to clear, and building an ORM
     # query costs more than running it (about 0.6 ms, as much as the three PUTs of a
@@ -105,24 +120,49 @@ def _any_row(storage: str, hosts: list[str], name: str, seq: int) -> bool:
         return cursor.fetchone() is not None
 
 
+def probe(storage: str, hosts: list[str], name: str) -> tuple[str, list[str]] | None:
+    """An SQL expression: does ``name`` have a row for any of ``hosts``? (see ordering)
+
+    Asked by host, so that PostgreSQL looks each (storage, host, name) up in the unique
+    index instead of scanning the storage's backlog.
+    """
+    if not hosts:
+        return None
+    alias = router.db_for_write(_model())
+    return f"EXISTS ({_any_row_sql(alias, len(hosts), with_seq=False)})", [storage, name, *hosts]
+
+
 @functools.lru_cache(maxsize=64)
-def _any_row_sql(alias: str, host_count: int) -> str:
+def _any_row_sql(alias: str, host_count: int, with_seq: bool = True) -> str:
     """The existence query, built once per database and number of hosts, not per save."""
     opts = _model()._meta
     quote = connections[alias].ops.quote_name
     column = {f: quote(opts.get_field(f).column) for f in ("storage", "host", "name", "seq")}
     # No LIMIT (not every database has it): the unique constraint on (storage, host,
     # name) already bounds the answer to one row per host.
+    seq = f"AND {column['seq']} <= %s " if with_seq else ""
     return (
         f"SELECT 1 FROM {quote(opts.db_table)} WHERE {column['storage']} = %s "
-        f"AND {column['name']} = %s AND {column['seq']} <= %s "
+        f"AND {column['name']} = %s {seq}"
         f"AND {column['host']} IN ({', '.join(['%s'] * host_count)})"
     )
 
 
 def safely(func, *args, **kwargs) -> None:
-    """Run a journal write without letting a database problem hide the real outcome."""
+    """Run a journal write whose failure loses nothing (a clear), logging a problem."""
     try:
         func(*args, **kwargs)
     except Exception:
         logger.exception("Could not write the django_resto journal")
+
+
+def strictly(func, *args, **kwargs) -> None:
+    """Run a journal write that must not be lost; re-raise a failure, naming its cause."""
+    try:
+        func(*args, **kwargs)
+    except Exception as exc:
+        raise JournalUnavailable(f"Could not write the django_resto journal: {exc}") from exc
+
+
+class JournalUnavailable(Exception):
+    """A journal write failed; the storage turns it into a JournalError for its caller."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from .names import MAX_NAME_LENGTH
+
 
 class PendingReplication(models.Model):
     storage = models.CharField(
@@ -18,7 +20,7 @@ class PendingReplication(models.Model):
         help_text="The STORAGES alias of the storage that wrote the file.",
     )
     host = models.CharField(max_length=255, help_text="The media server, as configured.")
-    name = models.CharField(max_length=1024, help_text="The storage name of the file.")
+    name = models.CharField(max_length=MAX_NAME_LENGTH, help_text="The storage name of the file.")
     operation = models.CharField(
         max_length=10,
         help_text="The latest operation the host missed (PUT or DELETE); informative "
@@ -31,8 +33,9 @@ class PendingReplication(models.Model):
         "one of them, having no master copy).",
     )
     seq = models.BigIntegerField(
-        help_text="When the latest operation started (ns since the epoch). A newer "
-        "operation supersedes the row; an older success never clears it."
+        help_text="The number the database issued to the latest operation, inside its "
+        "per-name lock. A newer operation supersedes the row; an older success never "
+        "clears it."
     )
     first_attempt = models.DateTimeField(auto_now_add=True)
     last_attempt = models.DateTimeField(null=True, blank=True)
@@ -52,3 +55,22 @@ class PendingReplication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.operation} {self.name} on {self.host}"
+
+
+class JournalSequence(models.Model):
+    """The counter that numbers operations where the database has no SEQUENCE.
+
+    One row. PostgreSQL uses a real SEQUENCE instead (``django_resto_seq``, created by
+    migration 0002): ``nextval`` takes no row lock, so concurrent requests never queue
+    on it. See ordering.next_seq.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    value = models.BigIntegerField()
+
+    class Meta:
+        db_table = "django_resto_sequence"
+        verbose_name = "journal sequence"
+
+    def __str__(self) -> str:
+        return f"next operation after {self.value}"

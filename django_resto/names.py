@@ -14,6 +14,12 @@ from django.core.files.utils import validate_file_name
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+#: The longest name the journal can hold (``PendingReplication.name``). A longer name
+#: is refused before anything is written, on every database alike: PostgreSQL would
+#: refuse the journal row only once a host had failed, and SQLite would not refuse it
+#: at all, so the same site would behave differently on the two.
+MAX_NAME_LENGTH = 1024
+
 
 def validate_name(name: str, *, django_check: bool = True) -> str:
     """Return ``name`` if it is a safe relative file name, else raise SuspiciousFileOperation.
@@ -27,6 +33,11 @@ def validate_name(name: str, *, django_check: bool = True) -> str:
         raise SuspiciousFileOperation(f"File name must be a string, got {type(name).__name__}")
     # Checked before Django's validation, which folds backslashes into slashes:
     # we refuse them instead, as Windows-style paths are ambiguous on a web server.
+    if len(name) > MAX_NAME_LENGTH:
+        raise SuspiciousFileOperation(
+            f"File name {name[:40]!r}... is {len(name)} characters long; the replication "
+            f"journal holds names of at most {MAX_NAME_LENGTH}"
+        )
     if _CONTROL.search(name):
         raise SuspiciousFileOperation(f"File name {name!r} contains a control character")
     if "\\" in name:

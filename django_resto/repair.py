@@ -181,9 +181,16 @@ def repair_rows(
                     report.actions.append((planned_action(storage, row), host, row.name))
                 _tick()
                 continue
-            seq = journal.now_seq()
             try:
-                verb = repair_row(storage, row)
+                # The decision (PUT, DELETE, COPY) is taken under the name's lock, so a
+                # delete in another process cannot slip between it and the request.
+                with storage.locked(row.name) as seq:
+                    verb = repair_row(storage, row)
+                    # Numbered inside the lock, before the master copy was read: every
+                    # operation up to then is reflected on the host. Distributed copies
+                    # only what the row named, so only that row's operation is settled.
+                    settled = row.seq if verb == "COPY" else seq
+                    journal.safely(journal.clear, row.storage, [host], row.name, settled)
             except Exception as exc:
                 logger.warning("Repair of %s on %s failed: %s", row.name, host, describe(exc))
                 journal.safely(
@@ -200,11 +207,6 @@ def repair_rows(
                     report.failed += 1
                     report.errors.append(f"{row.name} on {host}: {describe(exc)}")
             else:
-                # Stamped before the repair read the master copy: every operation up
-                # to then is reflected on the host. Distributed copies only what the
-                # row named, so only that row's operation is settled.
-                settled = row.seq if verb == "COPY" else seq
-                journal.safely(journal.clear, row.storage, [host], row.name, settled)
                 with lock:
                     report.repaired += 1
                     report.actions.append((verb, host, row.name))

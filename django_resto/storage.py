@@ -14,8 +14,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -26,12 +26,13 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage
+from django.db import connections
 from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 
-from . import journal
-from .exceptions import ReplicationError, describe
+from . import journal, ordering
+from .exceptions import JournalError, ReplicationError, describe
 from .fanout import FanOut, Outcome, call
 from .names import validate_name
 from .settings import LOCAL_OPTIONS, Host, media_path, parse_host, resolve_options
@@ -55,15 +56,6 @@ def operation(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 def operation_of(func: Callable[..., Any]) -> str:
     return getattr(func, "resto_operation", getattr(func, "__name__", "call"))
-
-
-# Operations on one (host, name) are serialized within a process, so that a
-# background PUT and DELETE of the same file cannot overtake each other on the wire.
-_STRIPES = [threading.Lock() for _ in range(64)]
-
-
-def _stripe(host: str, name: str) -> threading.Lock:
-    return _STRIPES[hash((host, name)) % len(_STRIPES)]
 
 
 class ReplicatedStorageMixin:
@@ -95,6 +87,9 @@ class ReplicatedStorageMixin:
         self.hosts: tuple[str, ...] = resolved["hosts"]
         self.timeout: float = resolved["timeout"]
         self.connect_timeout: float | None = resolved["connect_timeout"]
+        self.min_transfer_rate: float = resolved["min_transfer_rate"]
+        self.lock_timeout: float = resolved["lock_timeout"]
+        self.journal_alias: str | None = resolved["journal_alias"]
         self.fatal_exceptions: bool = resolved["fatal_exceptions"]
         self.show_traceback: bool = resolved["show_traceback"]
         self.verify: bool | str = resolved["verify"]
@@ -139,10 +134,13 @@ class ReplicatedStorageMixin:
     def journal_key(self) -> str:
         """The STORAGES alias this storage was configured under, which names its journal rows.
 
-        Found by matching backend and OPTIONS, so it also works for the instance a
-        FileField creates from the same settings. "" when the storage is not in
-        STORAGES: its rows are kept, but the repair commands cannot rebuild it.
+        The ``journal_alias`` option when given; else found by matching backend and
+        OPTIONS, so it also works for the instance a FileField creates from the same
+        settings. "" when the storage is not in STORAGES: the journal then refuses its
+        failures (:meth:`record_outcomes`), since no command could ever drain them.
         """
+        if self.journal_alias is not None:
+            return self.journal_alias
         key = self.__dict__.get("_journal_key")
         if key is None:
             key = ""
@@ -192,6 +190,7 @@ class ReplicatedStorageMixin:
                     prefix,
                     timeout=self.timeout,
                     connect_timeout=self.connect_timeout,
+                    min_transfer_rate=self.min_transfer_rate,
                     verify=self.verify,
                     auth=self._auth,
                     token=self._token,
@@ -268,20 +267,79 @@ class ReplicatedStorageMixin:
 
     # --- fan-out and failure policy -----------------------------------------
 
+    # --- ordering ------------------------------------------------------------
+
+    def locked(self, name: str) -> AbstractContextManager[int]:
+        """Hold the name's lock, shared by every process and app server; yield ``seq``.
+
+        Everything that replicates ``name`` runs inside it and decides what to send
+        only once it holds it (see ordering.py). Nested use in one thread is free.
+        """
+        key = self.journal_key
+        probe = journal.probe(key, list(self.hosts), name) if key and journal.enabled() else None
+        return ordering.ordered(key, name, timeout=self.lock_timeout, probe=probe)
+
+    def _with_lock(
+        self,
+        name: str,
+        operation: str,
+        work: Callable[[int], list[Outcome]],
+        *,
+        hosts: Sequence[str] | None = None,
+        raising: bool = True,
+    ) -> list[Outcome]:
+        """Run ``work(seq)`` under the name's lock; a lock not had in time fails every host.
+
+        That failure goes through the policy like any other: journaled (the hosts may
+        be behind, since nothing was sent), raised as ``fatal_exceptions`` says. A lock
+        the journal's database cannot give at all is a JournalError.
+        """
+        try:
+            with self.locked(name) as seq:
+                return work(seq)
+        except ordering.LockTimeout as exc:
+            targets = self.hosts if hosts is None else hosts
+            outcomes = [Outcome(host, error=exc) for host in targets]
+            self.settle(operation, name, outcomes, seq=journal.now_seq(), raising=raising)
+            return outcomes
+        except ordering.LockUnavailable as exc:
+            # Nothing was sent, and nothing can be journaled: the hosts may be behind.
+            targets = self.hosts if hosts is None else hosts
+            outcomes = [Outcome(host, error=exc) for host in targets]
+            error = JournalError(operation, name, outcomes, detail=str(exc))
+            if not raising:
+                logger.error("%s", error, exc_info=True)
+                return outcomes
+            raise error from exc.__cause__
+
+    # --- fan-out and failure policy -----------------------------------------
+
     def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``func(host, name, *args, **kwargs)`` on every media server in parallel.
 
-        Applies the failure policy and returns the per-host outcomes. Stable API:
-        override it (or :meth:`execute_one` on AsyncStorage) to change how work runs.
+        Runs under the name's lock and applies the failure policy; returns the per-host
+        outcomes. Stable API: override it (or :meth:`execute_one` on AsyncStorage) to
+        change how work runs.
         """
-        seq = journal.now_seq()
-        start = self._two_halves(func, args)
-        if start is not None:
-            outcomes = self._fanout.run_started(start, self.hosts, name, *args, **kwargs)
-        else:
-            outcomes = self._fanout.run(func, self.hosts, name, *args, **kwargs)
-        self.settle(operation_of(func), name, outcomes, seq=seq)
-        return outcomes
+        operation = operation_of(func)
+
+        def work(seq: int) -> list[Outcome]:
+            start = self._two_halves(func, args)
+            if start is not None:
+                outcomes = self._fanout.run_started(start, self.hosts, name, *args, **kwargs)
+            else:
+                outcomes = self._fanout.run(func, self.hosts, name, *args, **kwargs)
+            self.settle(operation, name, outcomes, seq=seq)
+            return outcomes
+
+        return self._with_lock(name, operation, work)
+
+    def _no_alias(self) -> str:
+        return (
+            f"the journal cannot record it: this {type(self).__name__} matches no STORAGES "
+            "entry, so process_failed_media could never repair it. Configure it in STORAGES "
+            "or give it the journal_alias option."
+        )
 
     def settle(
         self,
@@ -296,7 +354,9 @@ class ReplicatedStorageMixin:
 
         With ``fatal_exceptions`` one ReplicationError names every failed host. A
         write acknowledged by fewer than ``min_replicas`` hosts always raises: the
-        caller must not believe the file is stored when it is not.
+        caller must not believe the file is stored when it is not. A failure the
+        journal cannot record raises JournalError, even with ``raising=False``
+        (background work), where it is logged instead.
         """
         failures = [outcome for outcome in outcomes if not outcome.ok]
         for outcome in failures:
@@ -313,13 +373,19 @@ class ReplicatedStorageMixin:
             )
         acknowledged = len(outcomes) - len(failures)
         below_quorum = operation == "PUT" and acknowledged < self.min_replicas
-        self.record_outcomes(
-            operation,
-            name,
-            outcomes,
-            seq=journal.now_seq() if seq is None else seq,
-            below_quorum=below_quorum,
-        )
+        try:
+            self.record_outcomes(
+                operation,
+                name,
+                outcomes,
+                seq=journal.now_seq() if seq is None else seq,
+                below_quorum=below_quorum,
+            )
+        except journal.JournalUnavailable as exc:
+            error = JournalError(operation, name, failures, total=len(outcomes), detail=str(exc))
+            if raising:
+                raise error from exc.__cause__
+            logger.error("%s", error, exc_info=True)
         if not raising or not failures:
             return
         if below_quorum:
@@ -345,25 +411,32 @@ class ReplicatedStorageMixin:
         """Journal the hosts that may now be behind; forget those that caught up.
 
         Runs whatever ``fatal_exceptions`` says: the rows are what makes turning it
-        off safe. Override to journal elsewhere.
+        off safe, so a failure that cannot be journaled raises JournalError. Override
+        to journal elsewhere.
         """
         if not journal.enabled():
             return
         ok = [outcome.host for outcome in outcomes if outcome.ok]
-        for outcome in outcomes:
-            if not outcome.ok:
-                journal.safely(
-                    journal.mark,
-                    self.journal_key,
-                    [outcome.host],
-                    name,
-                    operation,
-                    seq,
-                    error=describe(outcome.error),
-                    sources=ok if operation == "PUT" else [],
-                )
-        if ok:
-            journal.safely(journal.clear, self.journal_key, ok, name, seq)
+        failed = [outcome for outcome in outcomes if not outcome.ok]
+        key = self.journal_key
+        if ok and key:
+            known = ordering.known_rows(key, name)
+            journal.safely(journal.clear, key, ok, name, seq, known=known)
+        if not failed:
+            return
+        if not key:
+            raise journal.JournalUnavailable(self._no_alias())
+        for outcome in failed:
+            journal.strictly(
+                journal.mark,
+                key,
+                [outcome.host],
+                name,
+                operation,
+                seq,
+                error=describe(outcome.error),
+                sources=ok if operation == "PUT" else [],
+            )
 
     # --- repair -------------------------------------------------------------
 
@@ -375,10 +448,11 @@ class ReplicatedStorageMixin:
     def converge(self, host: str, name: str) -> str:
         """Bring one host in line with the master copy for ``name``; return the verb used.
 
-        Deriving the action when it runs, rather than replaying the verb that was
-        missed, is what makes retries safe in any order.
+        Deriving the action when it runs, under the name's lock, rather than replaying
+        the verb that was missed, is what makes retries safe in any order and from any
+        process.
         """
-        with _stripe(host, name):
+        with self.locked(name):
             if self.expected_state(name):
                 self.put_file(host, name)
                 return "PUT"
@@ -402,9 +476,31 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
 
     def _save(self, name: str, content: File) -> str:
         validate_name(name, django_check=False)  # Storage.save has just run Django's check
-        name = super()._save(name, content)
+        try:
+            name = super()._save(name, content)
+        except FileNotFoundError as exc:
+            written = self._deleted_after_writing(exc)
+            if written is None:
+                raise
+            name = written
         self.replicate_saved(name)
         return name
+
+    def _deleted_after_writing(self, exc: FileNotFoundError) -> str | None:
+        """The name Django wrote, if ``exc`` says another process deleted it right after.
+
+        FileSystemStorage chmods and stats the file it has just written; a delete in
+        another process can remove it in between. The save did happen; the replication
+        that follows finds the file gone and deletes it on the hosts, as the delete's
+        own replication (waiting for the name's lock) does too.
+        """
+        path = exc.filename
+        if not isinstance(path, str) or not os.path.isabs(path):
+            return None
+        location = os.path.join(os.path.abspath(self.location), "")
+        if not path.startswith(location) or not os.path.isdir(os.path.dirname(path)):
+            return None
+        return os.path.relpath(path, self.location).replace(os.sep, "/")
 
     def delete(self, name: str) -> None:
         if not name:
@@ -414,11 +510,35 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
         self.replicate_deleted(name)
 
     def replicate_saved(self, name: str) -> None:
-        # One body for every host: the master copy is stat'ed once, not once per host.
-        self.execute(self.put_file, name, FileBody(self.path(name)))
+        self.replicate(name)
 
     def replicate_deleted(self, name: str) -> None:
-        self.execute(self.delete_file, name)
+        self.replicate(name)
+
+    def replicate(self, name: str) -> list[Outcome]:
+        """Make every host hold what the master copy holds for ``name`` now.
+
+        The master copy is looked at once the name's lock is held: a file deleted by
+        another process since this one saved it is deleted on the hosts (the other
+        process's own replication waits for the lock, then finds the same), and a save
+        racing a delete can no longer land after it. One body serves every host: the
+        master copy is stat'ed once, not once per host.
+        """
+
+        def work(seq: int) -> list[Outcome]:
+            body = self._master_body(name)
+            if body is None:
+                return self.execute(self.delete_file, name)
+            return self.execute(self.put_file, name, body)
+
+        return self._with_lock(name, "PUT", work)
+
+    def _master_body(self, name: str) -> FileBody | None:
+        try:
+            body = FileBody(self.path(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return body if os.path.isfile(body.path) else None
 
     def expected_state(self, name: str) -> bool:
         # Not exists(): with allow_overwrite, Django's exists() may answer False
@@ -450,18 +570,29 @@ class AsyncStorage(HybridStorage):
         The intent is journaled first, so a process killed before the work is done
         leaves rows that ``process_failed_media`` completes.
         """
+        problem: JournalError | None = None
         if journal.enabled() and self.hosts:
-            journal.safely(
-                journal.mark,
-                self.journal_key,
-                self.hosts,
-                name,
-                operation_of(func),
-                journal.now_seq(),
-                error="pending",
-                attempted=False,
-            )
-        return [self.execute_one(func, host, name, *args, **kwargs) for host in self.hosts]
+            try:
+                if not self.journal_key:
+                    raise journal.JournalUnavailable(self._no_alias())
+                journal.strictly(
+                    journal.mark,
+                    self.journal_key,
+                    self.hosts,
+                    name,
+                    operation_of(func),
+                    journal.now_seq(),
+                    error="pending",
+                    attempted=False,
+                )
+            except journal.JournalUnavailable as exc:
+                problem = JournalError(operation_of(func), name, detail=str(exc))
+        handles = [self.execute_one(func, host, name, *args, **kwargs) for host in self.hosts]
+        if problem is not None:
+            # Scheduled all the same (it may well succeed); the caller learns that a
+            # failure of it would go unrecorded.
+            raise problem
+        return handles
 
     def execute_one(
         self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
@@ -477,20 +608,48 @@ class AsyncStorage(HybridStorage):
 
             return enqueue_on_commit(self, func, host, name, *args, **kwargs)
         executor = self._async_pool()
-        future = executor.submit(self.run_one, func, host, name, *args, **kwargs)
+        future = executor.submit(self._run_in_pool, func, host, name, *args, **kwargs)
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
         return future
 
+    def _run_in_pool(
+        self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
+    ) -> Outcome:
+        """:meth:`run_one` in a pool thread, which no request cycle tidies up after.
+
+        A connection to the journal's database that died (a restart, a failover) is
+        dropped before the task, so the thread reconnects instead of failing every
+        task after it; and the thread closes its connection when no work is left, so
+        idle pool threads hold no database sessions.
+        """
+        alias = ordering.journal_database()
+        db = connections[alias] if alias is not None else None
+        if db is not None and db.connection is not None and db.errors_occurred:
+            db.close_if_unusable_or_obsolete()
+        try:
+            return self.run_one(func, host, name, *args, **kwargs)
+        finally:
+            if db is not None:
+                with self._pending_lock:
+                    idle = len(self._pending) <= 1  # only this task's own future
+                if idle:
+                    db.close()
+
     def run_one(
         self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
     ) -> Outcome:
-        """Run ``func`` on one host now and apply the (non-raising) failure policy."""
-        seq = journal.now_seq()
-        outcome = call(func, host, name, *args, **kwargs)
-        self.settle(operation_of(func), name, [outcome], seq=seq, raising=False)
-        return outcome
+        """Run ``func`` on one host now, under the name's lock, and apply the (non-raising)
+        failure policy."""
+        operation = operation_of(func)
+
+        def work(seq: int) -> list[Outcome]:
+            outcome = call(func, host, name, *args, **kwargs)
+            self.settle(operation, name, [outcome], seq=seq, raising=False)
+            return [outcome]
+
+        return self._with_lock(name, operation, work, hosts=[host], raising=False)[0]
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every scheduled replication has finished.

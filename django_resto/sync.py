@@ -9,9 +9,9 @@ the storage's ``location``) and reports, per host, files that are missing, extra
 also same-size files whose content differs.
 
 Repairs go through ``storage.converge``: the action is derived from the master
-copy *when the repair runs*, under the same per-(host, name) lock as uploads. So a
-file uploaded or deleted between the audit and the repair is neither deleted from
-a host nor resurrected on it.
+copy *when the repair runs*, under the same per-name lock as uploads, which every
+process and application server shares (ordering.py). So a file uploaded or deleted
+between the audit and the repair is neither deleted from a host nor resurrected on it.
 
 DistributedStorage has no master copy: its hosts are compared with each other. The
 reference is the union of their files, and for a file's size the most common one
@@ -37,6 +37,7 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
+from django.db import connection as db_connection
 from django.db import transaction
 from django.utils.module_loading import import_string
 
@@ -568,9 +569,10 @@ def repair(
     by_host = {host_report.host: host_report for host_report in report.hosts}
 
     def one(host: str, name: str) -> None:
-        seq = journal.now_seq()
         try:
-            verb = storage.converge(host, name)
+            # Numbered inside the name's lock, before converge reads the master copy.
+            with storage.locked(name) as seq:
+                verb = storage.converge(host, name)
         except Exception as exc:
             with lock:
                 by_host[host].errors.append(f"repair of {name}: {describe(exc)}")
@@ -584,11 +586,28 @@ def repair(
                     bar.advance()
 
     def run_host(host: str) -> None:
+        queue = iter(plans[host])
+        queue_lock = threading.Lock()
+
+        def drain() -> None:
+            # Each thread takes names until none are left, then closes the database
+            # connection it opened for the names' locks and numbers.
+            try:
+                while True:
+                    with queue_lock:
+                        name = next(queue, None)
+                    if name is None:
+                        return
+                    one(host, name)
+            finally:
+                db_connection.close()
+
+        count = max(1, min(workers, storage.transport(host).pool_size, len(plans[host])))
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, min(workers, storage.transport(host).pool_size)),
-            thread_name_prefix="django_resto_repair",
+            max_workers=count, thread_name_prefix="django_resto_repair"
         ) as pool:
-            list(pool.map(lambda name: one(host, name), plans[host]))
+            for future in [pool.submit(drain) for _ in range(count)]:
+                future.result()
 
     try:
         with concurrent.futures.ThreadPoolExecutor(

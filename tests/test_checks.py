@@ -103,3 +103,61 @@ def test_checks_are_registered_with_django():
 
     with override_settings(STORAGES=storages(DISTRIBUTED)):
         assert "django_resto.E002" in ids(run_checks(tags=[Tags.compatibility]))
+
+
+@override_settings(STORAGES=storages(HYBRID, hosts=["m:80"]))
+def test_a_journal_database_with_a_shared_lock_gets_no_ordering_warning():
+    from django_resto.checks import check_ordering
+
+    assert check_ordering() == []
+
+
+@override_settings(STORAGES=storages(HYBRID, hosts=["m:80"]))
+def test_a_journal_database_without_a_shared_lock_is_warned_about(monkeypatch):
+    from django_resto import ordering
+    from django_resto.checks import check_ordering
+
+    monkeypatch.setattr(ordering, "strategy", lambda alias=None: "process")
+    (message,) = check_ordering()
+    assert message.id == "django_resto.W007"
+    assert "ordered within each process only" in message.msg
+
+
+@pytest.mark.django_db
+def test_a_sqlite_journal_outside_wal_mode_is_warned_about(tmp_path):
+    from django.db import connections
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    from django_resto.checks import sqlite_journal_warnings
+
+    # A real SQLite database in the default (rollback journal) mode, then in WAL.
+    config = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "j.sqlite3")}
+    configured = connections.configure_settings({"default": config})["default"]
+    journal = DatabaseWrapper(configured, "other")
+    try:
+        (message,) = sqlite_journal_warnings(journal)
+        assert message.id == "django_resto.W008"
+        assert "'other' is in journal mode 'delete'" in message.msg
+        with journal.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        assert sqlite_journal_warnings(journal) == []
+    finally:
+        journal.close()
+
+
+@pytest.mark.django_db
+@override_settings(STORAGES=storages(HYBRID, hosts=["m:80"]))
+def test_the_suites_journal_database_needs_no_wal_warning():
+    from django.db import connection
+
+    from django_resto.checks import check_sqlite_journal
+
+    assert check_sqlite_journal(databases=None) == []
+    if connection.vendor != "sqlite":
+        assert check_sqlite_journal(databases=["default"]) == []
+        return
+    # The suite's SQLite runs in WAL mode (tests/settings.py): no warning.
+    assert check_sqlite_journal(databases=["default"]) == []
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"

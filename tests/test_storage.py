@@ -40,7 +40,7 @@ def rows() -> list[tuple[str, str, str]]:
 
 def test_hybrid_saves_locally_then_on_every_host(test_servers, media_root):
     servers = test_servers(3)
-    storage = HybridStorage(hosts=hosts(servers))
+    storage = HybridStorage(journal_alias="tests", hosts=hosts(servers))
     name = storage.save("uploads/2026/11/x.jpg", ContentFile(b"jpeg bytes"))
     assert name == "uploads/2026/11/x.jpg"
     assert (media_root / name).read_bytes() == b"jpeg bytes"
@@ -51,7 +51,7 @@ def test_hybrid_saves_locally_then_on_every_host(test_servers, media_root):
 
 def test_hybrid_reads_are_local(test_servers, media_root):
     (server,) = test_servers()
-    storage = HybridStorage(hosts=[server.host])
+    storage = HybridStorage(journal_alias="tests", hosts=[server.host])
     storage.save("a.txt", ContentFile(b"abc"))
     server.clear_log()
     assert storage.exists("a.txt")
@@ -65,7 +65,7 @@ def test_hybrid_reads_are_local(test_servers, media_root):
 
 def test_hybrid_delete_removes_local_then_remote(test_servers, media_root):
     servers = test_servers(2)
-    storage = HybridStorage(hosts=hosts(servers))
+    storage = HybridStorage(journal_alias="tests", hosts=hosts(servers))
     storage.save("a/b.txt", ContentFile(b"b"))
     storage.delete("a/b.txt")
     assert not (media_root / "a/b.txt").exists()
@@ -74,7 +74,7 @@ def test_hybrid_delete_removes_local_then_remote(test_servers, media_root):
 
 def test_hybrid_delete_of_a_file_missing_remotely_only_warns(test_servers, resto_log):
     (server,) = test_servers()
-    storage = HybridStorage(hosts=[server.host])
+    storage = HybridStorage(journal_alias="tests", hosts=[server.host])
     storage.delete("never-there.txt")
     warnings = [r for r in resto_log.records if r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warnings] == [
@@ -86,14 +86,16 @@ def test_hybrid_delete_of_a_file_missing_remotely_only_warns(test_servers, resto
 def test_put_on_existing_file_is_logged(test_servers, resto_log):
     (server,) = test_servers()
     server.write("a.txt", b"stale")
-    HybridStorage(hosts=[server.host], allow_overwrite=True).save("a.txt", ContentFile(b"new"))
+    HybridStorage(journal_alias="tests", hosts=[server.host], allow_overwrite=True).save(
+        "a.txt", ContentFile(b"new")
+    )
     assert server.read("a.txt") == b"new"
     assert f"PUT on existing file a.txt on {server.host}" in resto_log.messages
 
 
 def test_available_name_uses_the_master_copy(test_servers):
     (server,) = test_servers()
-    storage = HybridStorage(hosts=[server.host])
+    storage = HybridStorage(journal_alias="tests", hosts=[server.host])
     first = storage.save("dup.txt", ContentFile(b"1"))
     second = storage.save("dup.txt", ContentFile(b"2"))
     assert first == "dup.txt"
@@ -120,7 +122,7 @@ def test_one_failed_host_of_three_fatal(test_servers, resto_log, fault, error_ty
         broken.hang()
     else:
         broken.force_status(int(fault), methods="PUT")
-    storage = HybridStorage(hosts=hosts(servers), timeout=0.5)
+    storage = HybridStorage(journal_alias="tests", hosts=hosts(servers), timeout=0.5)
     with pytest.raises(ReplicationError) as info:
         storage.save("x.txt", ContentFile(b"x"))
     error = info.value
@@ -146,7 +148,9 @@ def test_not_fatal_logs_and_journals_without_raising(test_servers, resto_log):
     servers = test_servers(3)
     servers[0].force_status(500)
     servers[2].read_only = True
-    storage = HybridStorage(hosts=hosts(servers), fatal_exceptions=False, show_traceback=True)
+    storage = HybridStorage(
+        journal_alias="tests", hosts=hosts(servers), fatal_exceptions=False, show_traceback=True
+    )
     assert storage.save("x.txt", ContentFile(b"x")) == "x.txt"
     assert [server.exists("x.txt") for server in servers] == [False, True, False]
     assert rows() == sorted([(servers[0].host, "x.txt", "PUT"), (servers[2].host, "x.txt", "PUT")])
@@ -164,7 +168,7 @@ def test_every_failed_host_is_named(test_servers):
     servers = test_servers(3)
     for server in servers:
         server.force_status(507, methods="DELETE")
-    storage = HybridStorage(hosts=hosts(servers))
+    storage = HybridStorage(journal_alias="tests", hosts=hosts(servers))
     storage.save("a.txt", ContentFile(b"a"))
     with pytest.raises(ReplicationError) as info:
         storage.delete("a.txt")
@@ -177,7 +181,7 @@ def test_every_failed_host_is_named(test_servers):
 
 def test_success_clears_an_older_journal_row(test_servers):
     servers = test_servers(2)
-    storage = HybridStorage(hosts=hosts(servers), fatal_exceptions=False)
+    storage = HybridStorage(journal_alias="tests", hosts=hosts(servers), fatal_exceptions=False)
     servers[1].force_status(500)
     storage.save("a.txt", ContentFile(b"1"))
     assert rows() == [(servers[1].host, "a.txt", "PUT")]
@@ -189,7 +193,9 @@ def test_success_clears_an_older_journal_row(test_servers):
 def test_quorum_write_succeeds_with_enough_hosts(test_servers):
     servers = test_servers(3)
     servers[2].force_status(500)
-    storage = HybridStorage(hosts=hosts(servers), fatal_exceptions=False, min_replicas=2)
+    storage = HybridStorage(
+        journal_alias="tests", hosts=hosts(servers), fatal_exceptions=False, min_replicas=2
+    )
     assert storage.save("q.txt", ContentFile(b"q")) == "q.txt"
     assert rows() == [(servers[2].host, "q.txt", "PUT")]
 
@@ -198,7 +204,9 @@ def test_quorum_write_below_w_raises_even_when_not_fatal(test_servers):
     servers = test_servers(3)
     servers[1].force_status(500)
     servers[2].force_status(500)
-    storage = HybridStorage(hosts=hosts(servers), fatal_exceptions=False, min_replicas=2)
+    storage = HybridStorage(
+        journal_alias="tests", hosts=hosts(servers), fatal_exceptions=False, min_replicas=2
+    )
     with pytest.raises(ReplicationError, match="Only 1 acknowledged; at least 2 required"):
         storage.save("q.txt", ContentFile(b"q"))
     assert [host for host, _, _ in rows()] == sorted([servers[1].host, servers[2].host])
@@ -209,12 +217,15 @@ def test_quorum_write_below_w_raises_even_when_not_fatal(test_servers):
 )
 def test_bad_names_never_leave_the_process(test_servers, name):
     (server,) = test_servers()
-    for storage in (HybridStorage(hosts=[server.host]), DistributedStorage(hosts=[server.host])):
+    for storage in (
+        HybridStorage(journal_alias="tests", hosts=[server.host]),
+        DistributedStorage(journal_alias="tests", hosts=[server.host]),
+    ):
         with pytest.raises(SuspiciousFileOperation):
             storage.save(name, ContentFile(b"x"))
         with pytest.raises(SuspiciousFileOperation):
             storage.delete(name)
-    distributed = DistributedStorage(hosts=[server.host])
+    distributed = DistributedStorage(journal_alias="tests", hosts=[server.host])
     for method in (distributed.exists, distributed.open, distributed.size):
         with pytest.raises(SuspiciousFileOperation):
             method(name)
@@ -230,7 +241,7 @@ def test_no_hosts_means_local_only(media_root):
 
 def test_big_file_streams_to_three_hosts_in_bounded_memory(test_servers, tmp_path):
     servers = test_servers(3)
-    storage = HybridStorage(hosts=hosts(servers))
+    storage = HybridStorage(journal_alias="tests", hosts=hosts(servers))
     size = 48 * 1024 * 1024
     source = tmp_path / "big.bin"
     with open(source, "wb") as out:
@@ -254,10 +265,13 @@ def test_big_file_streams_to_three_hosts_in_bounded_memory(test_servers, tmp_pat
 def test_storages_deconstruct_and_pickle(test_servers):
     (server,) = test_servers()
     for cls in (HybridStorage, AsyncStorage, DistributedStorage):
-        storage = cls(hosts=[server.host], timeout=3)
+        storage = cls(hosts=[server.host], timeout=3, journal_alias="tests")
         path, args, kwargs = storage.deconstruct()
         assert path == f"django_resto.storage.{cls.__name__}"
-        assert (args, kwargs) == ((), {"hosts": [server.host], "timeout": 3})
+        assert (args, kwargs) == (
+            (),
+            {"hosts": [server.host], "timeout": 3, "journal_alias": "tests"},
+        )
         storage.save(f"{cls.__name__}.txt", ContentFile(b"x"))  # opens sessions and pools
         if isinstance(storage, AsyncStorage):
             assert storage.wait(timeout=10)
@@ -275,7 +289,7 @@ def test_storages_deconstruct_and_pickle(test_servers):
 @pytest.mark.django_db(transaction=True)
 def test_async_replicates_in_the_background(test_servers, media_root):
     servers = test_servers(3)
-    storage = AsyncStorage(hosts=hosts(servers), async_workers=2)
+    storage = AsyncStorage(journal_alias="tests", hosts=hosts(servers), async_workers=2)
     names = [storage.save(f"uploads/{i}.txt", ContentFile(str(i).encode())) for i in range(20)]
     assert storage.wait(timeout=20)
     for server in servers:
@@ -290,7 +304,7 @@ def test_async_replicates_in_the_background(test_servers, media_root):
 def test_async_records_intent_until_done_and_never_raises(test_servers, resto_log):
     servers = test_servers(2)
     servers[1].hang()
-    storage = AsyncStorage(hosts=hosts(servers), timeout=0.5)
+    storage = AsyncStorage(journal_alias="tests", hosts=hosts(servers), timeout=0.5)
     storage.save("a.txt", ContentFile(b"a"))  # returns at once, though a host hangs
     assert servers[1].wait_until_hanging(1, timeout=5)
     # While replication is in flight, the hanging host's intent is journaled.
@@ -310,7 +324,7 @@ def test_async_records_intent_until_done_and_never_raises(test_servers, resto_lo
 def test_async_put_then_delete_ends_deleted(test_servers):
     servers = test_servers(2)
     # A generous timeout: a failure here must mean a wrong order, not a slow machine.
-    storage = AsyncStorage(hosts=hosts(servers), async_workers=4, timeout=30)
+    storage = AsyncStorage(journal_alias="tests", hosts=hosts(servers), async_workers=4, timeout=30)
     for _ in range(10):
         storage.save("flip.txt", ContentFile(b"x"))
         storage.delete("flip.txt")
@@ -323,7 +337,7 @@ def test_async_put_then_delete_ends_deleted(test_servers):
 def test_async_wait_timeout(test_servers):
     (server,) = test_servers()
     server.hang()
-    storage = AsyncStorage(hosts=[server.host], timeout=5)
+    storage = AsyncStorage(journal_alias="tests", hosts=[server.host], timeout=5)
     storage.save("a.txt", ContentFile(b"a"))
     assert storage.wait(timeout=0.2) is False
     server.release()
@@ -335,7 +349,7 @@ def test_async_wait_timeout(test_servers):
 
 def test_distributed_stores_only_remotely(test_servers, media_root):
     servers = test_servers(3)
-    storage = DistributedStorage(hosts=hosts(servers))
+    storage = DistributedStorage(journal_alias="tests", hosts=hosts(servers))
     name = storage.save("uploads/x.jpg", SimpleUploadedFile("x.jpg", b"pixels"))
     assert [server.read(name) for server in servers] == [b"pixels"] * 3
     assert list(media_root.iterdir()) == []
@@ -352,7 +366,7 @@ def test_distributed_stores_only_remotely(test_servers, media_root):
 
 def test_distributed_temporary_upload_and_available_name(test_servers):
     servers = test_servers(2)
-    storage = DistributedStorage(hosts=hosts(servers))
+    storage = DistributedStorage(journal_alias="tests", hosts=hosts(servers))
     upload = TemporaryUploadedFile("big.bin", "application/octet-stream", 5, None)
     upload.write(b"12345")
     upload.seek(0)
@@ -365,7 +379,7 @@ def test_distributed_temporary_upload_and_available_name(test_servers):
 
 def test_distributed_reads_fall_over_to_the_next_host(test_servers):
     servers = test_servers(3)
-    storage = DistributedStorage(hosts=hosts(servers))
+    storage = DistributedStorage(journal_alias="tests", hosts=hosts(servers))
     storage.save("a.txt", ContentFile(b"abc"))
     servers[0].stop()
     servers[1].force_status(503)
@@ -376,7 +390,7 @@ def test_distributed_reads_fall_over_to_the_next_host(test_servers):
 
 def test_distributed_reads_fail_when_no_host_answers(test_servers):
     servers = test_servers(2)
-    storage = DistributedStorage(hosts=hosts(servers))
+    storage = DistributedStorage(journal_alias="tests", hosts=hosts(servers))
     for server in servers:
         server.stop()
     with pytest.raises(ReplicationError, match=r"HEAD 'a\.txt' failed on 2 of 2"):
@@ -386,7 +400,7 @@ def test_distributed_reads_fail_when_no_host_answers(test_servers):
 def test_distributed_open_streams(test_servers):
     (server,) = test_servers()
     server.write("big.bin", b"z" * (8 * 1024 * 1024))
-    storage = DistributedStorage(hosts=[server.host])
+    storage = DistributedStorage(journal_alias="tests", hosts=[server.host])
     handle = storage.open("big.bin")
     assert handle.size == 8 * 1024 * 1024
     assert handle.read(10) == b"z" * 10  # the rest is still on the wire
@@ -402,7 +416,9 @@ def test_distributed_write_that_reaches_no_host_raises_even_when_not_fatal(test_
     servers = test_servers(2)
     for server in servers:
         server.force_status(500, methods="PUT")
-    storage = DistributedStorage(hosts=hosts(servers), fatal_exceptions=False)
+    storage = DistributedStorage(
+        journal_alias="tests", hosts=hosts(servers), fatal_exceptions=False
+    )
     with pytest.raises(ReplicationError, match="Only 0 acknowledged; at least 1 required"):
         storage.save("lost.txt", ContentFile(b"x"))
 
@@ -410,7 +426,9 @@ def test_distributed_write_that_reaches_no_host_raises_even_when_not_fatal(test_
 def test_distributed_not_fatal_partial_write_journals_the_sources(test_servers):
     servers = test_servers(3)
     servers[0].force_status(500, methods="PUT")
-    storage = DistributedStorage(hosts=hosts(servers), fatal_exceptions=False)
+    storage = DistributedStorage(
+        journal_alias="tests", hosts=hosts(servers), fatal_exceptions=False
+    )
     assert storage.save("p.txt", ContentFile(b"p")) == "p.txt"
     row = PendingReplication.objects.get()
     assert (row.host, row.operation) == (servers[0].host, "PUT")
@@ -426,7 +444,7 @@ def test_distributed_without_hosts(settings):
 
 def test_distributed_listdir_and_path_are_not_available(test_servers):
     (server,) = test_servers()
-    storage = DistributedStorage(hosts=[server.host])
+    storage = DistributedStorage(journal_alias="tests", hosts=[server.host])
     with pytest.raises(NotImplementedError, match="resto_sync"):
         storage.listdir("")
     with pytest.raises(NotImplementedError, match="no local copy"):
@@ -446,7 +464,7 @@ def test_small_writes_start_on_every_host_from_the_calling_thread(
     from django_resto.transport import HostTransport
 
     servers = test_servers(3)
-    storage = HybridStorage(hosts=hosts(servers))
+    storage = HybridStorage(journal_alias="tests", hosts=hosts(servers))
     threads: list[tuple[str, str]] = []
     put = HostTransport.start_put
     delete = HostTransport.start_delete
@@ -493,7 +511,9 @@ def test_a_subclass_put_file_is_run_not_bypassed(test_servers, media_root):
 def test_a_host_that_cannot_be_started_does_not_stop_the_others(test_servers, media_root):
     servers = test_servers(2)
     down = f"127.0.0.1:{free_port()}"
-    storage = HybridStorage(hosts=[servers[0].host, down, servers[1].host], fatal_exceptions=True)
+    storage = HybridStorage(
+        journal_alias="tests", hosts=[servers[0].host, down, servers[1].host], fatal_exceptions=True
+    )
     with pytest.raises(ReplicationError) as info:
         storage.save("a.txt", ContentFile(b"a"))
     assert info.value.hosts == [down]

@@ -41,7 +41,7 @@ def served(server, name: str) -> bytes:
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda cls: cls.__name__)
 def test_save_serve_delete(media_server_factory, media_root, tmp_path, backend, kind, count):
     servers = [media_server_factory(kind) for _ in range(count)]
-    storage = backend(hosts=[server.host for server in servers])
+    storage = backend(journal_alias="tests", hosts=[server.host for server in servers])
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(5 * 1024 * 1024 + 7))
     saved = {}
@@ -78,7 +78,7 @@ def test_save_serve_delete(media_server_factory, media_root, tmp_path, backend, 
 def test_overwrite_on_real_servers(media_server_factory, kind, resto_log):
     (server,) = [media_server_factory(kind)]
     server.write("a/b.txt", b"old")
-    storage = HybridStorage(hosts=[server.host], allow_overwrite=True)
+    storage = HybridStorage(journal_alias="tests", hosts=[server.host], allow_overwrite=True)
     storage.save("a/b.txt", ContentFile(b"new"))
     assert server.read("a/b.txt") == b"new"
     assert f"PUT on existing file a/b.txt on {server.host}" in resto_log.messages
@@ -88,7 +88,7 @@ def test_overwrite_on_real_servers(media_server_factory, kind, resto_log):
 def test_one_real_server_down_of_three(media_server_factory, kind):
     servers = [media_server_factory(kind) for _ in range(3)]
     servers[2].stop()
-    storage = HybridStorage(hosts=[server.host for server in servers])
+    storage = HybridStorage(journal_alias="tests", hosts=[server.host for server in servers])
     with pytest.raises(ReplicationError) as info:
         storage.save("uploads/x.txt", ContentFile(b"x"))
     assert info.value.hosts == [servers[2].host]
@@ -105,10 +105,10 @@ def test_one_real_server_down_of_three(media_server_factory, kind):
 @pytest.mark.parametrize("kind", ["nginx", "lighttpd"])
 def test_credentials_on_real_servers(media_server_factory, kind):
     server = media_server_factory(kind, credentials=("writer", "s3cret"))
-    anonymous = HybridStorage(hosts=[server.host])
+    anonymous = HybridStorage(journal_alias="tests", hosts=[server.host])
     with pytest.raises(ReplicationError, match="401"):
         anonymous.save("a.txt", ContentFile(b"a"))
-    writer = HybridStorage(hosts=[server.host], auth=("writer", "s3cret"))
+    writer = HybridStorage(journal_alias="tests", hosts=[server.host], auth=("writer", "s3cret"))
     writer.save("uploads/b.txt", ContentFile(b"b"))
     assert server.read("uploads/b.txt") == b"b"
     assert served(server, "uploads/b.txt") == b"b"  # reading needs no credentials

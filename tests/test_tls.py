@@ -55,13 +55,19 @@ def tls_nginx(media_server_factory, tls_files):
 
 @pytest.fixture
 def no_sendfile(monkeypatch):
-    """Fail loudly if anything calls sendfile on a socket: it cannot work under TLS."""
+    """Fail loudly if anything calls sendfile: it cannot work under TLS.
+
+    Only the TLS tests use it, and none of them serves files over plain HTTP meanwhile
+    (nginx runs in its own process, unaffected).
+    """
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("sendfile() on a TLS socket")
 
     monkeypatch.setattr(ssl.SSLSocket, "sendfile", refuse)
     monkeypatch.setattr(socket.socket, "sendfile", refuse)
+    # wire.py sends file bodies with os.sendfile itself (bounded by the request's deadline).
+    monkeypatch.setattr(os, "sendfile", refuse)
 
 
 def served(server, name: str, verify) -> bytes:
@@ -110,7 +116,9 @@ def journal() -> list[tuple[str, str, str]]:
 def test_hybrid_storage_over_tls(tls_nginx, tls_files, media_root, tmp_path, no_sendfile, count):
     servers = [tls_nginx() for _ in range(count)]
     storage = HybridStorage(
-        hosts=[server.host for server in servers], verify=str(tls_files.ca_cert)
+        journal_alias="tests",
+        hosts=[server.host for server in servers],
+        verify=str(tls_files.ca_cert),
     )
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(BIG_SIZE))
@@ -149,7 +157,9 @@ def test_hybrid_storage_over_tls(tls_nginx, tls_files, media_root, tmp_path, no_
 def test_distributed_storage_over_tls(tls_nginx, tls_files, tmp_path, no_sendfile):
     servers = [tls_nginx() for _ in range(2)]
     storage = DistributedStorage(
-        hosts=[server.host for server in servers], verify=str(tls_files.ca_cert)
+        journal_alias="tests",
+        hosts=[server.host for server in servers],
+        verify=str(tls_files.ca_cert),
     )
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(BIG_SIZE))
@@ -183,7 +193,9 @@ def test_certifi_does_not_trust_the_test_ca(tls_nginx, media_root, given):
     """verify=True (the default) uses certifi's bundle, where our throwaway CA is not."""
     server = tls_nginx()
     options = {"verify": True} if given == "verify=True" else {}
-    storage = HybridStorage(hosts=[server.host], fatal_exceptions=True, **options)
+    storage = HybridStorage(
+        journal_alias="tests", hosts=[server.host], fatal_exceptions=True, **options
+    )
     assert storage.verify is True
     with pytest.raises(ReplicationError) as info:
         storage.save(NESTED, ContentFile(JPEG))
@@ -207,7 +219,7 @@ def test_certifi_does_not_trust_the_test_ca(tls_nginx, media_root, given):
 def test_certifi_does_not_trust_the_test_ca_not_fatal(tls_nginx, resto_log):
     """With fatal_exceptions=False the save returns; the failure is logged and journaled."""
     server = tls_nginx()
-    storage = HybridStorage(hosts=[server.host], fatal_exceptions=False)
+    storage = HybridStorage(journal_alias="tests", hosts=[server.host], fatal_exceptions=False)
     assert storage.save(NESTED, ContentFile(JPEG)) == NESTED
     assert server.names() == []
     assert journal() == [(server.host, NESTED, "PUT")]
@@ -219,7 +231,7 @@ def test_certifi_does_not_trust_the_test_ca_not_fatal(tls_nginx, resto_log):
 def test_certifi_refuses_reads_too(tls_nginx):
     server = tls_nginx()
     server.write(NESTED, JPEG)
-    storage = DistributedStorage(hosts=[server.host], verify=True)
+    storage = DistributedStorage(journal_alias="tests", hosts=[server.host], verify=True)
     with pytest.raises(ReplicationError) as info:
         storage.exists(NESTED)
     message = str(info.value)
@@ -233,12 +245,14 @@ def test_hostname_is_checked(media_server_factory, tmp_path):
     """A certificate from a trusted CA, but for another name, is refused by writes and reads."""
     other = make_tls_files(tmp_path / "other", subject_alt_names="DNS:media.invalid")
     server = media_server_factory("nginx", tls=other)
-    hybrid = HybridStorage(hosts=[server.host], verify=str(other.ca_cert))
+    hybrid = HybridStorage(journal_alias="tests", hosts=[server.host], verify=str(other.ca_cert))
     with pytest.raises(ReplicationError) as info:
         hybrid.save(NESTED, ContentFile(JPEG))
     assert "SSLError" in str(info.value)
     assert "IP address mismatch" in str(info.value)
-    distributed = DistributedStorage(hosts=[server.host], verify=str(other.ca_cert))
+    distributed = DistributedStorage(
+        journal_alias="tests", hosts=[server.host], verify=str(other.ca_cert)
+    )
     with pytest.raises(ReplicationError) as info:
         distributed.exists(NESTED)
     assert "SSLError" in str(info.value)
@@ -256,14 +270,14 @@ def test_verify_false_accepts_any_certificate(tls_nginx, tmp_path):
     rely on the default (True, certifi's bundle) with a publicly trusted certificate.
     """
     server = tls_nginx()
-    hybrid = HybridStorage(hosts=[server.host], verify=False)
+    hybrid = HybridStorage(journal_alias="tests", hosts=[server.host], verify=False)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(BIG_SIZE))
     assert hybrid.save(NESTED, ContentFile(JPEG)) == NESTED
     with big.open("rb") as handle:
         assert hybrid.save(BIG, File(handle)) == BIG
     assert server.files() == {BIG: big.read_bytes(), NESTED: JPEG}
-    distributed = DistributedStorage(hosts=[server.host], verify=False)
+    distributed = DistributedStorage(journal_alias="tests", hosts=[server.host], verify=False)
     # urllib3 warns about every unverified HTTPS request (reads go through requests).
     with pytest.warns(InsecureRequestWarning):
         assert distributed.exists(NESTED) is True
@@ -287,8 +301,8 @@ def test_ca_directory(tls_nginx, tls_files, settings, how):
     else:
         settings.RESTO_VERIFY = ca_dir
         options = {}
-    hybrid = HybridStorage(hosts=[server.host], **options)
-    distributed = DistributedStorage(hosts=[server.host], **options)
+    hybrid = HybridStorage(journal_alias="tests", hosts=[server.host], **options)
+    distributed = DistributedStorage(journal_alias="tests", hosts=[server.host], **options)
     assert hybrid.verify == distributed.verify == ca_dir
     assert hybrid.save(NESTED, ContentFile(JPEG)) == NESTED
     assert distributed.save(EMPTY, ContentFile(b"")) == EMPTY
@@ -305,7 +319,7 @@ def test_ca_directory(tls_nginx, tls_files, settings, how):
 def test_ca_file_from_settings(tls_nginx, tls_files, settings):
     settings.RESTO_VERIFY = str(tls_files.ca_cert)
     server = tls_nginx()
-    storage = DistributedStorage(hosts=[server.host])
+    storage = DistributedStorage(journal_alias="tests", hosts=[server.host])
     assert storage.save(NESTED, ContentFile(JPEG)) == NESTED
     assert storage.exists(NESTED) is True
     assert server.files() == {NESTED: JPEG}
@@ -317,14 +331,20 @@ def test_ca_file_from_settings(tls_nginx, tls_files, settings):
 def test_credentials_over_tls(tls_nginx, tls_files, resto_log):
     server = tls_nginx(credentials=(USER, PASSWORD))
     verify = str(tls_files.ca_cert)
-    writer = HybridStorage(hosts=[server.host], verify=verify, auth=(USER, PASSWORD))
+    writer = HybridStorage(
+        journal_alias="tests", hosts=[server.host], verify=verify, auth=(USER, PASSWORD)
+    )
     assert writer.save(NESTED, ContentFile(JPEG)) == NESTED
     assert server.files() == {NESTED: JPEG}
     assert served(server, NESTED, tls_files.ca_cert) == JPEG  # reading needs no credentials
 
     wrong_password = "not-" + PASSWORD
     intruder = HybridStorage(
-        hosts=[server.host], verify=verify, auth=(USER, wrong_password), fatal_exceptions=True
+        journal_alias="tests",
+        hosts=[server.host],
+        verify=verify,
+        auth=(USER, wrong_password),
+        fatal_exceptions=True,
     )
     with pytest.raises(ReplicationError) as info:
         intruder.save("uploads/intruder.txt", ContentFile(b"evil"))
@@ -345,7 +365,7 @@ def test_credentials_over_tls(tls_nginx, tls_files, resto_log):
     assert [secret for secret in secrets for text in texts if secret in text] == []
     assert server.names() == [NESTED]
 
-    anonymous = HybridStorage(hosts=[server.host], verify=verify)
+    anonymous = HybridStorage(journal_alias="tests", hosts=[server.host], verify=verify)
     with pytest.raises(ReplicationError, match="401 Unauthorized"):
         anonymous.delete(NESTED)
     assert server.names() == [NESTED]
@@ -381,7 +401,9 @@ def test_keep_alive_over_tls(tls_nginx, tls_files, monkeypatch, protocol, check_
     if check_idle:
         monkeypatch.setattr(wire, "CHECK_IDLE_AFTER", 0.0)
     server = tls_nginx(tls_protocols=protocol)
-    storage = HybridStorage(hosts=[server.host], verify=str(tls_files.ca_cert))
+    storage = HybridStorage(
+        journal_alias="tests", hosts=[server.host], verify=str(tls_files.ca_cert)
+    )
     names = [
         storage.save(f"uploads/k{index}.txt", ContentFile(b"k%d" % index)) for index in range(5)
     ]
@@ -416,7 +438,9 @@ def test_stale_connection_is_retried(
     monkeypatch.setattr(wire, "CHECK_IDLE_AFTER", 3600.0)
     server = media_server_factory("nginx", tls=tls_files if scheme == "https" else None)
     assert server.url.startswith(f"{scheme}://")
-    storage = HybridStorage(hosts=[server.host], verify=str(tls_files.ca_cert))
+    storage = HybridStorage(
+        journal_alias="tests", hosts=[server.host], verify=str(tls_files.ca_cert)
+    )
     storage.save("first.txt", ContentFile(b"first"))
     server.restart()
     data = os.urandom(size)

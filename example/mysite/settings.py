@@ -155,9 +155,13 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": env_str("DATABASE_PATH") or str(BASE_DIR / "db.sqlite3"),
-        # Replication threads write the journal while a request holds the database:
-        # wait for the lock instead of failing with "database is locked".
-        "OPTIONS": {"timeout": 20},
+        # Replication threads and the timers write the journal while a request holds the
+        # database: WAL lets readers and the writer work at once, and the timeout waits
+        # for the write lock instead of failing with "database is locked".
+        "OPTIONS": {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            "timeout": 20,
+        },
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

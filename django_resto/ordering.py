@@ -1,0 +1,384 @@
+"""Per-name ordering across processes and machines: one lock per (storage, name).
+
+Every replication of a name — a save, an overwrite, a delete, background work, a
+repair — runs inside :func:`ordered`, and decides what to send (master copy present:
+PUT it; absent: DELETE) once it holds the lock. Without it, a PUT opened before
+another process unlinked the file can land after that process's DELETE: both
+succeed, nothing is journaled, and the deleted file lives on the media servers.
+
+The lock lives where every application server already meets: the journal's
+database.
+
+- **PostgreSQL**: a session-level advisory lock on a 64-bit hash of (storage, name),
+  so it holds across processes and machines. ``pg_try_advisory_lock`` never waits
+  inside the database (a timed-out wait there would abort the caller's transaction);
+  a contended lock is polled until ``lock_timeout``.
+- **SQLite** is one machine: a byte-range ``fcntl`` lock in one lock file beside the
+  database, one byte per name hash, plus an in-process lock per byte (POSIX record
+  locks belong to a process, so they cannot keep two threads of one process apart).
+  Never a database-wide lock held during network I/O.
+- Anything else: the in-process lock only (the system check ``django_resto.W007``
+  says so): correct for one process, not for several.
+
+The lock also issues the operation's sequence number (:func:`next_seq`): from the
+database, inside the lock, so the journal's order is the order in which operations
+held the lock, whatever the clocks of the machines say.
+
+Nested use in one thread (an operation that calls another, such as ``execute``
+inside ``replicate``) takes the lock once and shares its number.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django.apps import apps
+from django.db import connections, router
+
+__all__ = ["LockTimeout", "LockUnavailable", "known_rows", "next_seq", "ordered", "strategy"]
+
+logger = logging.getLogger("django_resto")
+
+#: A test-only switch (the drills set it in a worker process to show that their check
+#: can fail): no lock is taken and numbers come from the clock, as before ordering.
+DISABLED = False
+
+# Byte offsets in the SQLite lock file: 2**24 names before two share a byte (sharing
+# only serializes them, it never breaks the exclusion).
+_SLOTS = 1 << 24
+#: Where the database's numbers start: above any ``time.time_ns()`` until 2116, so that
+#: rows numbered by the clock (before migration 0002, or by a process still running older
+#: code during an upgrade) are older than every operation the database numbers.
+FIRST_SEQ = 1 << 62
+_POLL_FIRST = 0.001
+_POLL_MAX = 0.05
+
+
+class LockTimeout(TimeoutError):
+    """The per-name lock was held elsewhere for longer than ``lock_timeout``."""
+
+
+class LockUnavailable(Exception):
+    """The journal's database could not give the lock or its number (it is down...)."""
+
+
+@dataclass
+class _Held:
+    key: tuple[str, str]
+    seq: int
+    rows: bool | None = None  # the probe's answer, where the lock ran it
+    depth: int = 1
+
+
+_local = threading.local()
+
+
+def _held() -> dict[tuple[str, str], _Held]:
+    held = getattr(_local, "held", None)
+    if held is None:
+        held = _local.held = {}
+    return held
+
+
+def _digest(storage: str, name: str) -> int:
+    raw = hashlib.blake2b(f"{storage}\0{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def journal_database() -> str | None:
+    """The database alias the journal writes to, or None without the journal."""
+    if not apps.is_installed("django_resto"):
+        return None
+    from .models import PendingReplication
+
+    return router.db_for_write(PendingReplication)
+
+
+def strategy(alias: str | None = None) -> str:
+    """Which lock protects names.
+
+    "postgresql" and "sqlite" (a file) hold across processes; "memory" (an in-memory
+    SQLite database, which only one process can open) and "process" (any other
+    database, or no journal) hold within this process only.
+    """
+    if alias is None:
+        alias = journal_database()
+    if alias is None:
+        return "process"
+    vendor = connections[alias].vendor
+    if vendor == "postgresql":
+        return "postgresql"
+    if vendor == "sqlite":
+        return "sqlite" if _sqlite_lock_path(alias) is not None else "memory"
+    return "process"
+
+
+# --- sequence numbers ------------------------------------------------------------
+
+
+def next_seq(alias: str | None = None) -> int:
+    """A number larger than every one issued before it, by any process on any machine.
+
+    PostgreSQL: a SEQUENCE (non-transactional, no row lock). Elsewhere: one counter
+    row, incremented in place. Without the journal (no database): the clock, which is
+    then only compared within this process.
+    """
+    if DISABLED:
+        return time.time_ns()
+    if alias is None:
+        alias = journal_database()
+    if alias is None:
+        return time.time_ns()
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        sql, params = "SELECT nextval('django_resto_seq')", []
+    elif connection.vendor == "sqlite":
+        # An upsert, so that a table emptied by a test runner's flush starts again.
+        sql = (
+            "INSERT INTO django_resto_sequence (id, value) VALUES (1, %s) "
+            "ON CONFLICT (id) DO UPDATE SET value = value + 1 RETURNING value"
+        )
+        params = [FIRST_SEQ]
+    else:
+        return _orm_next_seq(alias)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _orm_next_seq(alias: str) -> int:
+    """The counter row through the ORM, for databases without a tested fast path."""
+    from django.db import transaction
+
+    from .models import JournalSequence
+
+    with transaction.atomic(using=alias):
+        counter = JournalSequence.objects.using(alias).select_for_update().filter(pk=1).first()
+        if counter is None:
+            counter = JournalSequence.objects.using(alias).create(id=1, value=FIRST_SEQ)
+        else:
+            counter.value += 1
+            counter.save(update_fields=["value"])
+        return counter.value
+
+
+# --- the lock --------------------------------------------------------------------
+
+
+def known_rows(storage: str, name: str) -> bool | None:
+    """What the probe given to the lock this thread holds on (storage, name) answered.
+
+    None when no probe ran (not PostgreSQL, none given, or no lock held).
+    """
+    held = _held().get((storage, name))
+    return None if held is None else held.rows
+
+
+@contextmanager
+def ordered(
+    storage: str,
+    name: str,
+    *,
+    timeout: float,
+    probe: tuple[str, Sequence[Any]] | None = None,
+) -> Iterator[int]:
+    """Hold the lock of (``storage``, ``name``) and yield the operation's sequence number.
+
+    Raises :class:`LockTimeout` when the lock cannot be had within ``timeout``
+    seconds: the caller journals that as a failure of the operation.
+
+    ``probe`` is an SQL expression (and its parameters) that PostgreSQL evaluates in
+    the statement that takes the lock, saving a round trip per save; its answer is
+    :func:`known_rows`. The journal asks whether the name has rows to clear: one that
+    appears after it was asked can only come from a later operation, which a success
+    must not clear anyway.
+    """
+    key = (storage, name)
+    held = _held()
+    current = held.get(key)
+    if current is not None:
+        current.depth += 1
+        try:
+            yield current.seq
+        finally:
+            current.depth -= 1
+        return
+    if DISABLED:
+        yield next_seq()
+        return
+    alias = journal_database()
+    kind = strategy(alias)
+    digest = _digest(storage, name)
+    deadline = time.monotonic() + timeout
+    local = _process_lock(digest % _SLOTS if kind == "sqlite" else digest)
+    if not local.acquire(timeout=timeout):
+        raise LockTimeout(_timeout_message(storage, name, timeout, "this process"))
+    try:
+        try:
+            seq, rows = _acquire(kind, alias, digest, deadline, storage, name, timeout, probe)
+        except LockTimeout:
+            raise
+        except Exception as exc:
+            raise LockUnavailable(
+                f"could not take the lock of {name!r} in the journal database: {exc}"
+            ) from exc
+        held[key] = _Held(key, seq, rows)
+        try:
+            yield seq
+        finally:
+            del held[key]
+            _release(kind, alias, digest)
+    finally:
+        local.release()
+
+
+def _timeout_message(storage: str, name: str, timeout: float, holder: str) -> str:
+    return (
+        f"the lock of {name!r} (storage {storage!r}) was held by {holder} for more than "
+        f"lock_timeout={timeout:g}s"
+    )
+
+
+def _acquire(
+    kind: str,
+    alias: str | None,
+    digest: int,
+    deadline: float,
+    storage: str,
+    name: str,
+    timeout: float,
+    probe: tuple[str, Sequence[Any]] | None,
+) -> tuple[int, bool | None]:
+    if kind == "postgresql":
+        assert alias is not None
+        return _pg_acquire(alias, digest, deadline, storage, name, timeout, probe)
+    if kind == "sqlite":
+        assert alias is not None
+        _file_acquire(alias, digest % _SLOTS, deadline, storage, name, timeout)
+    try:
+        return next_seq(alias), None
+    except BaseException:
+        _release(kind, alias, digest)
+        raise
+
+
+def _release(kind: str, alias: str | None, digest: int) -> None:
+    try:
+        _unlock(kind, alias, digest)
+    except Exception:
+        # A connection that died took its session's advisory locks with it.
+        logger.warning("Could not release a django_resto name lock", exc_info=True)
+
+
+def _unlock(kind: str, alias: str | None, digest: int) -> None:
+    if kind == "postgresql":
+        assert alias is not None
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [digest])
+    elif kind == "sqlite":
+        assert alias is not None
+        fcntl.lockf(_lock_file(alias), fcntl.LOCK_UN, 1, digest % _SLOTS)
+
+
+def _pg_acquire(
+    alias: str,
+    digest: int,
+    deadline: float,
+    storage: str,
+    name: str,
+    timeout: float,
+    probe: tuple[str, Sequence[Any]] | None,
+) -> tuple[int, bool | None]:
+    # Lock, number and probe in one round trip; the number is drawn only once the lock
+    # is ours.
+    sql = "SELECT CASE WHEN pg_try_advisory_lock(%s) THEN nextval('django_resto_seq') END"
+    params: list[Any] = [digest]
+    if probe is not None:
+        sql += f", {probe[0]}"
+        params.extend(probe[1])
+    pause = _POLL_FIRST
+    while True:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is not None and row[0] is not None:
+            return int(row[0]), (bool(row[1]) if probe is not None else None)
+        if time.monotonic() >= deadline:
+            raise LockTimeout(_timeout_message(storage, name, timeout, "another process"))
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, _POLL_MAX)
+
+
+# --- SQLite: byte-range locks in one file ----------------------------------------
+
+_files: dict[str, int] = {}
+_files_lock = threading.Lock()
+_process_locks: dict[int, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _process_lock(slot: int) -> threading.Lock:
+    lock = _process_locks.get(slot)
+    if lock is None:
+        with _process_locks_guard:
+            lock = _process_locks.setdefault(slot, threading.Lock())
+    return lock
+
+
+def _sqlite_lock_path(alias: str) -> str | None:
+    name = str(connections[alias].settings_dict.get("NAME") or "")
+    if not name or name == ":memory:" or name.startswith("file:") or "mode=memory" in name:
+        return None
+    return f"{name}.resto-locks"
+
+
+def _lock_file(alias: str) -> int:
+    path = _sqlite_lock_path(alias)
+    assert path is not None
+    fd = _files.get(path)
+    if fd is None:
+        with _files_lock:
+            fd = _files.get(path)
+            if fd is None:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                _files[path] = fd
+    return fd
+
+
+def _file_acquire(
+    alias: str, slot: int, deadline: float, storage: str, name: str, timeout: float
+) -> None:
+    fd = _lock_file(alias)
+    pause = _POLL_FIRST
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+            return
+        except (BlockingIOError, PermissionError):
+            pass
+        if time.monotonic() >= deadline:
+            raise LockTimeout(_timeout_message(storage, name, timeout, "another process"))
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, _POLL_MAX)
+
+
+def _forget_files_after_fork() -> None:
+    # A forked child shares the parent's open file description but not its locks;
+    # it opens its own, so its locks are its own.
+    _files.clear()
+    _process_locks.clear()
+    _local.__dict__.clear()
+
+
+os.register_at_fork(after_in_child=_forget_files_after_fork)
