@@ -86,9 +86,12 @@ def mark(
                 )
         except IntegrityError:
             # Another process created it between our update and insert: retry once.
-            rows.filter(seq__lte=seq).update(
+            updated = rows.filter(seq__lte=seq).update(
                 attempts=F("attempts") + (1 if attempted else 0), **fields
             )
+            if not updated and not rows.exists():
+                # Not that race: the insert itself was refused, and the row is not there.
+                raise
 
 
 def clear(

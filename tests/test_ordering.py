@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
 from django.db import connection
 
-from django_resto import ordering
+from django_resto import journal, ordering
 from django_resto.exceptions import JournalError, ReplicationError
 from django_resto.models import PendingReplication
 from django_resto.names import MAX_NAME_LENGTH
@@ -38,7 +39,7 @@ settings.configure(
     DATABASES=config["databases"], USE_TZ=True, LOGGING_CONFIG=None,
 )
 django.setup()
-from django_resto import ordering
+from django_resto import journal, ordering
 if config["job"] == "hold":
     with ordering.ordered("s", config["name"], timeout=5) as seq:
         print(json.dumps({"held": seq}), flush=True)
@@ -221,47 +222,78 @@ def test_a_name_longer_than_the_journal_holds_is_refused_before_any_write(
 
 
 @pytest.fixture
-def journal_table_gone():
-    """The journal's table renamed away for the test: every write to it fails."""
-    table = PendingReplication._meta.db_table
-    quote = connection.ops.quote_name
+def journal_read_only():
+    with journal_read_only_block():
+        yield
+
+
+@contextmanager
+def journal_read_only_block():
+    """Triggers refuse every write to the journal's table (a full disk, a read-only
+    replica): reads still work, every INSERT, UPDATE and DELETE fails."""
+    table = connection.ops.quote_name(PendingReplication._meta.db_table)
+    events = ("INSERT", "UPDATE", "DELETE")
     with connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(table + '_away')}")
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION resto_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'the journal is read-only'; END $$"
+            )
+            cursor.execute(
+                f"CREATE TRIGGER resto_refuse BEFORE INSERT OR UPDATE OR DELETE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION resto_refuse()"
+            )
+        else:
+            for event in events:
+                cursor.execute(
+                    f"CREATE TRIGGER resto_refuse_{event.lower()} BEFORE {event} ON {table} "
+                    "BEGIN SELECT RAISE(ABORT, 'the journal is read-only'); END"
+                )
     try:
         yield
     finally:
         with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {quote(table + '_away')} RENAME TO {quote(table)}")
+            if connection.vendor == "postgresql":
+                cursor.execute(f"DROP TRIGGER resto_refuse ON {table}")
+                cursor.execute("DROP FUNCTION resto_refuse()")
+            else:
+                for event in events:
+                    cursor.execute(f"DROP TRIGGER resto_refuse_{event.lower()}")
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_failure_the_journal_cannot_record_raises_even_without_fatal_exceptions(
-    settings, test_servers, media_root, journal_table_gone
+    settings, test_servers, media_root, journal_read_only
 ):
     up, down = test_servers(2)
     down.force_status(503)
     storage = in_storages(
         settings, "j", "HybridStorage", hosts=[up.host, down.host], fatal_exceptions=False
     )
-    with pytest.raises(JournalError, match="Could not write the django_resto journal"):
+    with pytest.raises(JournalError, match="the journal is read-only") as caught:
         storage.save("a.txt", ContentFile(b"a"))
+    assert caught.value.hosts == [down.host]
+    assert "Could not write the django_resto journal" in str(caught.value)
     assert (media_root / "a.txt").read_bytes() == b"a"  # the master copy is intact
     assert up.read("a.txt") == b"a"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_success_that_cannot_clear_its_row_only_logs(
-    settings, test_servers, journal_table_gone, resto_log
-):
+def test_a_success_that_cannot_clear_its_row_only_logs(settings, test_servers, resto_log):
     (up,) = test_servers()
     storage = in_storages(settings, "j", "HybridStorage", hosts=[up.host])
-    assert storage.save("a.txt", ContentFile(b"a")) == "a.txt"
+    # A stale row (the host is in line already) that the success will try to clear.
+    journal.mark("j", [up.host], "a.txt", "PUT", journal.now_seq(), error="old")
+    with journal_read_only_block():
+        assert storage.save("a.txt", ContentFile(b"a")) == "a.txt"
     assert up.read("a.txt") == b"a"
+    assert "Could not write the django_resto journal" in resto_log.text
+    assert PendingReplication.objects.filter(name="a.txt").exists()  # stale, harmless
 
 
 @pytest.mark.django_db(transaction=True)
 def test_async_intent_that_cannot_be_journaled_raises_after_scheduling(
-    settings, test_servers, journal_table_gone
+    settings, test_servers, journal_read_only
 ):
     (up,) = test_servers()
     storage = in_storages(settings, "j", "AsyncStorage", hosts=[up.host])
