@@ -7,7 +7,7 @@ so that every problem is listed at once instead of the first one raised.
 from __future__ import annotations
 
 from importlib.util import find_spec
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -16,8 +16,11 @@ from django.utils.module_loading import import_string
 
 from .settings import media_path, parse_host, resolve_options
 
+if TYPE_CHECKING:
+    from .storage import ReplicatedStorageMixin
 
-def _resto_storages() -> list[tuple[str, type, dict[str, Any]]]:
+
+def _resto_storages() -> list[tuple[str, type[ReplicatedStorageMixin], dict[str, Any]]]:
     from .storage import ReplicatedStorageMixin
 
     found = []

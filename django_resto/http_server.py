@@ -432,12 +432,13 @@ class _Handler(BaseHTTPRequestHandler):
                     temp_file.write(chunk)
             os.chmod(temp_name, 0o644)
             self._pause()
+            parent_is_file = False
             if not owner.strict:
                 try:  # like nginx's create_full_put_path
                     parent.mkdir(parents=True, exist_ok=True)
                 except (FileExistsError, NotADirectoryError):
-                    parent = None  # a parent is a file
-            if parent is None or not parent.is_dir() or path.is_dir():
+                    parent_is_file = True
+            if parent_is_file or not parent.is_dir() or path.is_dir():
                 os.unlink(temp_name)
                 if path.is_dir() and owner.strict:
                     self._send(HTTPStatus.METHOD_NOT_ALLOWED)

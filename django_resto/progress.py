@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "command_stream"]
 
 #: Seconds between two redraws: an audit of 10,000 files must not spend its time
 #: writing to the terminal.
@@ -25,6 +25,37 @@ class _Stream(Protocol):
     def write(self, text: str, /) -> object: ...
 
     def flush(self) -> object: ...
+
+
+class _CommandStream:
+    """A management command's stderr (an OutputWrapper) as a plain stream for the bar.
+
+    Through the wrapper's public methods: ``write`` without the newline it would add,
+    and ``isatty`` of the stream behind it, so ``call_command(stderr=...)`` still
+    redirects the bar.
+    """
+
+    def __init__(self, wrapper: Any) -> None:
+        self._wrapper = wrapper
+
+    def write(self, text: str, /) -> object:
+        # No newline added, and no style: stderr's would paint the bar as an error.
+        return self._wrapper.write(text, style_func=_plain, ending="")
+
+    def flush(self) -> object:
+        return self._wrapper.flush()
+
+    def isatty(self) -> bool:
+        return bool(self._wrapper.isatty())
+
+
+def _plain(text: str) -> str:
+    return text
+
+
+def command_stream(wrapper: Any) -> _Stream:
+    """The stream to give :class:`Progress` in a command: ``command_stream(self.stderr)``."""
+    return _CommandStream(wrapper)
 
 
 class Progress:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import IO, Any, cast
 from urllib.parse import urljoin
 
 import requests
@@ -69,8 +69,6 @@ class ReplicatedStorageMixin:
     extra_options: tuple[str, ...] = ()
     #: Hosts that must acknowledge a write unless ``min_replicas`` says otherwise.
     default_min_replicas = 0
-
-    base_url: str | None
 
     def _configure(self, options: dict[str, Any]) -> dict[str, Any]:
         """Resolve django_resto's options; return the ones meant for the parent class."""
@@ -159,7 +157,7 @@ class ReplicatedStorageMixin:
             self._journal_key = key
         return key
 
-    def save(self, name: str | None, content: File, max_length: int | None = None) -> str:
+    def save(self, name: str | None, content: IO[Any], max_length: int | None = None) -> str:
         # Django turns backslashes into slashes before anything else sees the name;
         # we refuse them instead (see names.py), so check the name as it was given.
         # Django's own check runs first thing in Storage.save, right below.
@@ -172,7 +170,8 @@ class ReplicatedStorageMixin:
     @property
     def media_prefix(self) -> str:
         """The URL path of MEDIA_URL, under which media servers keep the files."""
-        return media_path(self.base_url)
+        # FileSystemStorage's (Hybrid, Async) or DistributedStorage's own.
+        return media_path(getattr(self, "base_url", None))
 
     def transport(self, host: str) -> HostTransport:
         """The pooled HTTP transport to ``host`` (rebuilt if MEDIA_URL changed)."""
@@ -477,7 +476,8 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
     def _save(self, name: str, content: File) -> str:
         validate_name(name, django_check=False)  # Storage.save has just run Django's check
         try:
-            name = super()._save(name, content)
+            # FileSystemStorage._save (django-stubs leave the private hook out).
+            name = super()._save(name, content)  # type: ignore[misc]
         except FileNotFoundError as exc:
             written = self._deleted_after_writing(exc)
             if written is None:
@@ -695,7 +695,7 @@ class RemoteFile(File):
     def __init__(self, response: requests.Response, name: str) -> None:
         self._response = response
         response.raw.decode_content = True
-        super().__init__(response.raw, name)
+        super().__init__(cast(IO[bytes], response.raw), name)
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit():
             self.size = int(length)
@@ -754,7 +754,7 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
         self._base_url: str | None = local.get("base_url")
 
     @property
-    def base_url(self) -> str | None:  # type: ignore[override]
+    def base_url(self) -> str | None:
         value = self._base_url if self._base_url is not None else settings.MEDIA_URL
         if value and not value.endswith("/"):
             value += "/"

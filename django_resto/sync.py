@@ -507,10 +507,10 @@ def _union_reference(
         del listings[host]
     reference: dict[str, int] = {}
     for name in names:
-        sizes = Counter(
-            listing.files[name].size
+        sizes: Counter[int] = Counter(
+            size
             for listing in listings.values()
-            if name in listing.files and listing.files[name].size is not None
+            if name in listing.files and (size := listing.files[name].size) is not None
         )
         if sizes:
             reference[name] = sizes.most_common(1)[0][0]

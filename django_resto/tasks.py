@@ -106,7 +106,7 @@ if _task is not None:
     # Declared on TASKS["default"], as any app's task is; ``task_for`` moves it to the
     # storage's ``task_backend`` and ``task_queue``. The worker finds it again by its
     # import path, django_resto.tasks.replicate.
-    replicate = _task(replicate)  # type: ignore[assignment]
+    replicate = _task(replicate)
 
 
 def get_task() -> Any:

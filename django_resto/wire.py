@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import certifi
 import requests
 
 from .settings import Host
@@ -629,7 +630,7 @@ class ConnectionPool:
             else:
                 # The same trust store as requests (certifi), so reads and writes
                 # accept the same certificates.
-                context = ssl.create_default_context(cafile=requests.certs.where())
+                context = ssl.create_default_context(cafile=certifi.where())
             self._ssl_context = context
         return self._ssl_context
 

@@ -3,6 +3,7 @@
 import os
 import tempfile
 from importlib.util import find_spec
+from typing import Any
 
 SECRET_KEY = "django_resto tests"
 DEBUG = False
@@ -50,7 +51,7 @@ else:
     raise ValueError(f"RESTO_TEST_DB={_TEST_DB!r}: use 'sqlite' (the default) or 'postgresql'")
 MEDIA_ROOT = tempfile.mkdtemp(prefix="django_resto_tests_media_")
 MEDIA_URL = "/media/"
-RESTO_MEDIA_HOSTS = []
+RESTO_MEDIA_HOSTS: list[str] = []
 LOGGING_CONFIG = None
 
 # Django's Tasks framework (built in since 6.0, else the django-tasks backport) for
@@ -58,7 +59,9 @@ LOGGING_CONFIG = None
 # process (django-tasks-db). Without them installed the rest of the suite still runs.
 _TASKS_PACKAGE = "django.tasks" if find_spec("django.tasks") else "django_tasks"
 if find_spec(_TASKS_PACKAGE):
-    TASKS = {"default": {"BACKEND": f"{_TASKS_PACKAGE}.backends.immediate.ImmediateBackend"}}
+    TASKS: dict[str, dict[str, Any]] = {
+        "default": {"BACKEND": f"{_TASKS_PACKAGE}.backends.immediate.ImmediateBackend"}
+    }
     if find_spec("django_tasks_db"):
         INSTALLED_APPS.append("django_tasks_db")
         TASKS["db"] = {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "resto"]}

@@ -613,3 +613,6 @@ def test_progress_bar_goes_to_stderr_on_a_terminal(
     assert json.loads(out.getvalue())["ok"] is True
     assert "\rListing [" in err.getvalue()
     assert "\rRepairing [" in err.getvalue()
+    # Drawn as it is: not painted in stderr's error colour, and no newline per redraw.
+    assert "\x1b[31" not in err.getvalue() and "\x1b[1;31" not in err.getvalue()
+    assert err.getvalue().count("\n") == err.getvalue().count("\x1b[K\n")

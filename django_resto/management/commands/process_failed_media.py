@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_resto.management.options import add_host_option, add_storage_option
 from django_resto.models import PendingReplication
-from django_resto.progress import Progress
+from django_resto.progress import Progress, command_stream
 from django_resto.repair import repair_rows, resto_aliases
 
 
@@ -50,7 +50,7 @@ class Command(BaseCommand):
         if limit is not None:
             rows = rows[:limit]
         batch = list(rows)
-        progress = Progress(len(batch), "Repairing", stream=self.stderr._out)
+        progress = Progress(len(batch), "Repairing", stream=command_stream(self.stderr))
         try:
             report = repair_rows(batch, dry_run=options["dry_run"], on_progress=progress.advance)
         finally:

@@ -181,7 +181,7 @@ class Command(BaseCommand):
         return found
 
     def _table(self, result: list[dict[str, Any]]) -> None:
-        header = ("STORAGE", "HOST", "STATE", "LATENCY", "BACKLOG", "OLDEST")
+        header: tuple[str, ...] = ("STORAGE", "HOST", "STATE", "LATENCY", "BACKLOG", "OLDEST")
         lines: list[tuple[tuple[str, ...], bool]] = []
         errors = []
         for item in result:
@@ -195,7 +195,7 @@ class Command(BaseCommand):
                     errors.append(f"{entry['host']}: {entry['error']}")
                 latency = "-" if entry["latency_ms"] is None else f"{entry['latency_ms']:.1f} ms"
                 count = "n/a" if entry["backlog"] is None else str(entry["backlog"])
-                cells = (
+                cells: tuple[str, ...] = (
                     item["storage"],
                     entry["host"],
                     state,

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_resto.listing import DEFAULT_WORKERS, METHODS
 from django_resto.management.options import add_host_option, add_storage_option
-from django_resto.progress import Progress
+from django_resto.progress import Progress, command_stream
 from django_resto.storage import DistributedStorage, HybridStorage, ReplicatedStorageMixin
 from django_resto.sync import HostReport, SyncReport, audit, repair, storage_class
 
@@ -103,7 +103,7 @@ class Command(BaseCommand):
             if unknown:
                 raise _usage(f"{unknown[0]!r} is not a host of the audited storage(s)")
         method = None if options["method"] == "auto" else options["method"]
-        stream = getattr(self.stderr, "_out", self.stderr)
+        stream = command_stream(self.stderr)
 
         def progress(total: int, label: str) -> Progress:
             return Progress(total, label, stream=stream)
