@@ -1,24 +1,36 @@
-# One entry point for developers and CI. `make test` sets everything up (virtualenvs,
-# media servers are started by the tests themselves, the Molecule image) and runs
-# every test: lint, the Python suite on both lines of the support matrix, Molecule.
+# One entry point for developers and CI. `make test` sets everything up (the Debian
+# packages when run as root, virtualenvs, the Molecule image; the tests start their own
+# media servers and PostgreSQL) and runs every test: lint, the Python suite on the lowest
+# and the highest line of the support matrix, Molecule.
 
 VENV       := .venv
 VENV_DJ6   := .venv-dj6
 PYTEST_ARGS ?=
 
-.PHONY: test venv venvs lint test-python test-dj52 test-dj6 molecule bench demo clean
+.PHONY: test system venv venvs lint test-python test-dj52 test-dj6 molecule bench demo clean
 
-test: lint test-python molecule
+test: system lint test-python
+	scripts/molecule-all --no-lint
 
+# The Debian packages the tests need (nginx, lighttpd, PostgreSQL, docker, ...): installed
+# when missing and run as root; otherwise it stops with the one command to run.
+system:
+	scripts/system-packages
+
+# The lowest line of the support matrix: Python 3.11 and Django 5.2 LTS.
 venv:
 	scripts/make-venv $(VENV) 3.11 "Django>=5.2,<5.3"
 
+# The highest line: Python 3.13 and the newest Django 6.x.
 venvs: venv
-	scripts/make-venv $(VENV_DJ6) 3.12 "Django>=6.0,<7"
+	scripts/make-venv $(VENV_DJ6) 3.13 "Django>=6.1,<7"
 
+# Python: ruff and mypy (with django-stubs); Ansible: yamllint and ansible-lint.
 lint: venvs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	scripts/lint-infra
 
 test-python: test-dj52 test-dj6
 
@@ -29,7 +41,7 @@ test-dj52: venvs
 	RESTO_TEST_DB=postgresql $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	cd example && ../$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The newest Django 6.x on Python 3.12, the same three runs.
+# The newest Django 6.x on Python 3.13, the same three runs.
 test-dj6: venvs
 	RESTO_TEST_DB=sqlite $(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
 	RESTO_TEST_DB=postgresql $(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
