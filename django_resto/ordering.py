@@ -221,7 +221,7 @@ def ordered(
     kind = strategy(alias)
     digest = _digest(storage, name)
     deadline = time.monotonic() + timeout
-    local = _process_lock(digest % _SLOTS if kind == "sqlite" else digest)
+    local = _STRIPES[digest % _SLOTS % len(_STRIPES)]
     if not local.acquire(timeout=timeout):
         raise LockTimeout(_timeout_message(storage, name, timeout, "this process"))
     try:
@@ -288,7 +288,12 @@ def _unlock(kind: str, alias: str | None, digest: int) -> None:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [digest])
     elif kind == "sqlite":
         assert alias is not None
-        fcntl.lockf(_lock_file(alias), fcntl.LOCK_UN, 1, digest % _SLOTS)
+        slot = digest % _SLOTS
+        slots = _slots()
+        slots[slot] -= 1
+        if not slots[slot]:
+            del slots[slot]
+            fcntl.lockf(_lock_file(alias), fcntl.LOCK_UN, 1, slot)
 
 
 def _pg_acquire(
@@ -324,16 +329,12 @@ def _pg_acquire(
 
 _files: dict[str, int] = {}
 _files_lock = threading.Lock()
-_process_locks: dict[int, threading.Lock] = {}
-_process_locks_guard = threading.Lock()
-
-
-def _process_lock(slot: int) -> threading.Lock:
-    lock = _process_locks.get(slot)
-    if lock is None:
-        with _process_locks_guard:
-            lock = _process_locks.setdefault(slot, threading.Lock())
-    return lock
+# The in-process half: a fixed set of stripes (a lock per name would grow for ever in a
+# long-lived worker). Names that share a byte of the lock file share a stripe, so two
+# threads of one process never hold the same byte at once; other names that share a
+# stripe only wait for each other within this process. Re-entrant, for a thread that
+# would hold two names of one stripe (the byte is then locked once, see _file_acquire).
+_STRIPES = [threading.RLock() for _ in range(4096)]
 
 
 def _sqlite_lock_path(alias: str) -> str | None:
@@ -356,7 +357,29 @@ def _lock_file(alias: str) -> int:
     return fd
 
 
+def _slots() -> dict[int, int]:
+    """The lock-file bytes this thread holds, and how many of its names hold each."""
+    slots = getattr(_local, "slots", None)
+    if slots is None:
+        slots = _local.slots = {}
+    return slots
+
+
 def _file_acquire(
+    alias: str, slot: int, deadline: float, storage: str, name: str, timeout: float
+) -> None:
+    slots = _slots()
+    if slots.get(slot):
+        # This thread holds the byte already for another name (a hash collision):
+        # POSIX locks belong to the process, so locking it again would be a no-op and
+        # unlocking it for one name would free it for both.
+        slots[slot] += 1
+        return
+    _file_lock(alias, slot, deadline, storage, name, timeout)
+    slots[slot] = 1
+
+
+def _file_lock(
     alias: str, slot: int, deadline: float, storage: str, name: str, timeout: float
 ) -> None:
     fd = _lock_file(alias)
@@ -377,7 +400,6 @@ def _forget_files_after_fork() -> None:
     # A forked child shares the parent's open file description but not its locks;
     # it opens its own, so its locks are its own.
     _files.clear()
-    _process_locks.clear()
     _local.__dict__.clear()
 
 
