@@ -63,5 +63,7 @@ clean:
 # servers (real nginx and lighttpd when installed, else its own TestHttpServer), then the
 # demo prints each server's copy and the resto_sync audit, deletes it, and stops everything.
 # DEMO_ARGS="--media-servers builtin" forces the built-in servers.
-demo: venv
+demo:
+	scripts/system-packages --demo
+	$(MAKE) venv
 	$(VENV)/bin/python example/demo.py $(DEMO_ARGS)
