@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from django.apps import apps
 from django.db import IntegrityError, connections, router, transaction
@@ -69,12 +70,33 @@ def mark(
         if attempted:
             fields["last_attempt"] = moment
         rows = model.objects.filter(storage=storage, host=host, name=name)
+        _upsert(model, rows, storage, host, name, seq, attempted, fields)
+
+
+def _upsert(
+    model: Any,
+    rows: Any,
+    storage: str,
+    host: str,
+    name: str,
+    seq: int,
+    attempted: bool,
+    fields: dict[str, Any],
+) -> None:
+    """Update the row if no newer operation wrote it, else create it; never lose it.
+
+    Other processes insert and clear the same row concurrently: an insert that meets
+    the unique constraint means another one created the row just now, so the update is
+    tried again (or the row, if newer, left as it is); if a success cleared it in
+    between, the insert is tried again. An insert that keeps being refused (a
+    constraint or a trigger of the database's own) raises.
+    """
+    bump = F("attempts") + (1 if attempted else 0)
+    refused: IntegrityError | None = None
+    for _ in range(3):
         # Only a newer (or the same) operation may overwrite what a row says.
-        updated = rows.filter(seq__lte=seq).update(
-            attempts=F("attempts") + (1 if attempted else 0), **fields
-        )
-        if updated or rows.exists():
-            continue
+        if rows.filter(seq__lte=seq).update(attempts=bump, **fields) or rows.exists():
+            return
         try:
             with transaction.atomic():
                 model.objects.create(
@@ -84,14 +106,11 @@ def mark(
                     attempts=1 if attempted else 0,
                     **fields,
                 )
-        except IntegrityError:
-            # Another process created it between our update and insert: retry once.
-            updated = rows.filter(seq__lte=seq).update(
-                attempts=F("attempts") + (1 if attempted else 0), **fields
-            )
-            if not updated and not rows.exists():
-                # Not that race: the insert itself was refused, and the row is not there.
-                raise
+            return
+        except IntegrityError as exc:
+            refused = exc
+    assert refused is not None
+    raise refused
 
 
 def clear(
