@@ -54,24 +54,28 @@ class MediaServer:
     @classmethod
     def from_inventory(cls, name: str) -> MediaServer:
         variables = RUNNER.get_variables(name)
-        software = variables["resto_media_server"]
-        prefix = "nginx_dav_" if software == "nginx" else "lighttpd_dav_"
+        software = variables["media_dav_server"]
 
         def var(key, default):
-            return variables.get(prefix + key, default)
+            # The shared contract (roles/media_dav), with the role's defaults.
+            return variables.get("media_dav_" + key, default)
 
         tls = bool(var("tls_certificate", ""))
         return cls(
             name=name,
             software=software,
             scheme="https" if tls else "http",
-            port=int(var("listen_port", 443 if tls else 80)),
+            port=int(var("port", 80)),
             url_prefix=var("url_prefix", "/media/"),
-            media_root=var("media_root", "/srv/media"),
+            media_root=var("root", "/srv/media"),
             user=var("write_user", ""),
             password=var("write_password", ""),
             max_upload_mib=int(var("max_upload_mib", 64)),
-            listing_prefix=var("listing_prefix", "/_resto/list/") if software == "nginx" else None,
+            listing_prefix=(
+                variables.get("nginx_dav_listing_prefix", "/_resto/list/")
+                if software == "nginx"
+                else None
+            ),
         )
 
     def url(self, name: str = "", prefix: str | None = None) -> str:

@@ -72,12 +72,12 @@ class MediaServer:
         variables = RUNNER.get_variables(name)
         return cls(
             name=name,
-            software=variables["resto_media_server"],
-            port=int(variables["resto_media_port"]),
-            url_prefix=variables["resto_media_url_prefix"],
-            media_root=variables["resto_media_root"],
-            user=variables["resto_write_user"],
-            password=variables["resto_write_password"],
+            software=variables["media_dav_server"],
+            port=int(variables["media_dav_port"]),
+            url_prefix=variables["media_dav_url_prefix"],
+            media_root=variables["media_dav_root"],
+            user=variables["media_dav_write_user"],
+            password=variables["media_dav_write_password"],
             host=_connect(name),
         )
 
@@ -95,7 +95,7 @@ class MediaServer:
 
 def fetch(client, url: str) -> tuple[int, str | None]:
     """GET ``url`` from ``client``: the status, and the SHA-256 of the body when 200."""
-    body = f"/tmp/resto-e2e-{uuid.uuid4().hex[:8]}"
+    body = f"/tmp/resto-site-{uuid.uuid4().hex[:8]}"
     status = int(client.check_output(_curl("--output", body, "--write-out", "%{http_code}", url)))
     digest = client.check_output(f"sha256sum {body} | cut -d' ' -f1") if status == 200 else None
     client.run(f"rm -f {body}")
@@ -117,13 +117,13 @@ class Site:
 
     def __init__(self, host) -> None:
         self.host = host
-        self.jar = f"/tmp/resto-e2e-cookies-{uuid.uuid4().hex[:8]}"
+        self.jar = f"/tmp/resto-site-cookies-{uuid.uuid4().hex[:8]}"
 
     def _curl(self, *arguments: str) -> str:
         return _curl("--cookie", self.jar, "--cookie-jar", self.jar, *arguments)
 
     def index(self) -> tuple[int, str]:
-        page = "/tmp/resto-e2e-page"
+        page = "/tmp/resto-site-page"
         status = self.host.check_output(
             self._curl("--output", page, "--write-out", "%{http_code}", SITE)
         )
@@ -169,7 +169,7 @@ class Upload:
 
 
 def make_file(host, size: int = 300_000) -> Upload:
-    path = f"/tmp/e2e-{uuid.uuid4().hex[:12]}.bin"
+    path = f"/tmp/site-{uuid.uuid4().hex[:12]}.bin"
     host.run_test(f"head -c {size} /dev/urandom > {path}")
     return Upload(path, host.check_output(f"sha256sum {path} | cut -d' ' -f1"))
 
