@@ -25,7 +25,7 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
-logger = logging.getLogger("django_resto")
+logger = logging.getLogger(__name__)
 
 
 def enabled() -> bool:

@@ -7,6 +7,7 @@ root, and a control character can split a request line or a log line.
 
 from __future__ import annotations
 
+import os
 import re
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -21,16 +22,34 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME_LENGTH = 1024
 
 
-def validate_name(name: str, *, django_check: bool = True) -> str:
-    """Return ``name`` if it is a safe relative file name, else raise SuspiciousFileOperation.
+def as_text(name: object) -> str:
+    """``name`` as the string it stands for: a str, or a path-like object's ``fspath``.
 
-    ``django_check=False`` skips Django's own ``validate_file_name`` where the caller
-    knows it has just run (``Storage.save`` runs it on the name it hands to
-    ``_save``): the checks below are a superset of it, and it costs a ``pathlib``
-    object per call, which shows in the per-save cost of small files.
+    Django's storages take path-like names (``pathlib.Path``) wherever they take a
+    string, so ours do too; what the path says is then validated like any string.
+    Bytes paths are refused: a URL on a media server is text.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str):
-        raise SuspiciousFileOperation(f"File name must be a string, got {type(name).__name__}")
+        raise SuspiciousFileOperation(
+            f"File name must be a string or a path-like object, got {type(name).__name__}"
+        )
+    return name
+
+
+def validate_name(name: str | os.PathLike[str], *, django_check: bool = True) -> str:
+    """Return ``name`` as a str if it is a safe relative file name, else raise
+    SuspiciousFileOperation.
+
+    A path-like name is checked as the string it stands for (see :func:`as_text`);
+    callers use the returned str from then on. ``django_check=False`` skips
+    Django's own ``validate_file_name`` where the caller knows it has just run
+    (``Storage.save`` runs it on the name it hands to ``_save``): the checks below
+    are a superset of it, and it costs a ``pathlib`` object per call, which shows
+    in the per-save cost of small files.
+    """
+    name = as_text(name)
     # Checked before Django's validation, which folds backslashes into slashes:
     # we refuse them instead, as Windows-style paths are ambiguous on a web server.
     if len(name) > MAX_NAME_LENGTH:
@@ -50,3 +69,24 @@ def validate_name(name: str, *, django_check: bool = True) -> str:
     if any(segment in ("", ".", "..") for segment in segments):
         raise SuspiciousFileOperation(f"File name {name!r} has an empty, '.' or '..' segment")
     return name
+
+
+def relative_to(location: str | os.PathLike[str], name: str | os.PathLike[str]) -> str:
+    """``name`` relative to ``location`` when it is an absolute path inside it.
+
+    Django's FileSystemStorage accepts an absolute path inside its location (its
+    ``path()`` joins it safely), and code such as ``storage.delete(tmp_dir)`` relies
+    on that. The part below the location is then validated like any relative name,
+    without normalising it first: ``location/a/../b`` is refused, as ``a/../b`` is.
+    The location itself and every path outside it are refused. Relative names are
+    returned as they are, for :func:`validate_name` to check.
+    """
+    text = as_text(name)
+    if not text.startswith("/"):
+        return text
+    base = os.path.join(os.path.abspath(location), "")
+    if not text.startswith(base) or text == base:
+        raise SuspiciousFileOperation(
+            f"File name {text!r} is absolute and not inside the storage location"
+        )
+    return text[len(base) :]

@@ -46,7 +46,7 @@ from django.db import connections, router
 
 __all__ = ["LockTimeout", "LockUnavailable", "known_rows", "next_seq", "ordered", "strategy"]
 
-logger = logging.getLogger("django_resto")
+logger = logging.getLogger(__name__)
 
 #: A test-only switch (the drills set it in a worker process to show that their check
 #: can fail): no lock is taken and numbers come from the clock, as before ordering.

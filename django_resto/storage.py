@@ -14,6 +14,8 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -27,19 +29,33 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage
 from django.db import connections
-from django.utils import timezone
+from django.utils import deprecation, timezone
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 
 from . import journal, ordering
 from .exceptions import JournalError, ReplicationError, describe
 from .fanout import FanOut, Outcome, call
-from .names import validate_name
+from .names import relative_to, validate_name
 from .settings import LOCAL_OPTIONS, Host, media_path, parse_host, resolve_options
 from .transport import Body, BytesBody, FileBody, HostTransport, UnexpectedStatusCode
 from .wire import INLINE_BODY
 
-logger = logging.getLogger("django_resto")
+# A child of "django_resto": configs for either name hear the storages, as configs
+# written for django-resto 1.3 (which logged on django_resto.storage) expect.
+logger = logging.getLogger(__name__)
+
+#: The word 1.3 used in "Failed to ..." for each verb, for filters that match on it.
+FAILURE_WORDS = {"PUT": "upload", "DELETE": "delete", "SYNC": "sync"}
+
+# RemovedInDjango60Warning: Django 6.0 removed FileSystemStorage.OS_OPEN_FLAGS, and
+# with it the warning that HybridStorage repeats for its subclasses (see __init__).
+_DEFAULT_OS_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+_OS_OPEN_FLAGS_WARNING: type[Warning] | None = (
+    getattr(deprecation, "RemovedInDjango60Warning", None)
+    if hasattr(FileSystemStorage, "OS_OPEN_FLAGS")
+    else None
+)
 
 __all__ = ["AsyncStorage", "DistributedStorage", "HybridStorage", "ReplicationError"]
 
@@ -197,6 +213,11 @@ class ReplicatedStorageMixin:
                     pool_size=max(10, self.max_workers),
                 )
                 self._transports[host] = current
+                # A storage dropped without close() (FileField and test code build them
+                # freely; FileSystemStorage holds nothing to close) closes its pooled
+                # sockets when collected, rather than leaving them to the garbage
+                # collector's ResourceWarnings. The finalizer holds the transport only.
+                weakref.finalize(self, current.close)
         return current
 
     def close(self) -> None:
@@ -263,8 +284,6 @@ class ReplicatedStorageMixin:
             if isinstance(body, Body) and body.size <= INLINE_BODY:
                 return self.start_put_file
         return None
-
-    # --- fan-out and failure policy -----------------------------------------
 
     # --- ordering ------------------------------------------------------------
 
@@ -362,7 +381,7 @@ class ReplicatedStorageMixin:
             error = outcome.error
             logger.error(
                 "Failed to %s %s on %s: %s",
-                operation,
+                FAILURE_WORDS.get(operation, operation),
                 name,
                 outcome.host,
                 describe(error),
@@ -469,9 +488,43 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
 
     extra_options = LOCAL_OPTIONS
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *args: Any, **options: Any) -> None:
+        """Take FileSystemStorage's parameters, positionally too, and django_resto's options.
+
+        ``HybridStorage("/srv/media")`` is ``HybridStorage(location="/srv/media")``, as
+        with FileSystemStorage: the positional parameters are LOCAL_OPTIONS, in the
+        order of FileSystemStorage's signature. django_resto's own options are keyword
+        only, so no positional call can be misread as one of them.
+        """
+        if len(args) > len(LOCAL_OPTIONS):
+            raise TypeError(
+                f"{type(self).__name__}() takes at most {len(LOCAL_OPTIONS)} positional "
+                f"arguments ({len(args)} given)"
+            )
+        for key, value in zip(LOCAL_OPTIONS, args, strict=False):
+            if key in options:
+                raise TypeError(f"{type(self).__name__}() got multiple values for {key!r}")
+            options[key] = value
         local = self._configure(options)
-        super().__init__(**local)
+        flags = getattr(self, "OS_OPEN_FLAGS", _DEFAULT_OS_OPEN_FLAGS)
+        if _OS_OPEN_FLAGS_WARNING is None or flags == _DEFAULT_OS_OPEN_FLAGS:
+            super().__init__(**local)
+            return
+        # Django warns with stacklevel=2, which names this file rather than the code
+        # that built the storage; say it ourselves, pointing where FileSystemStorage's
+        # own warning would, and keep Django from saying it a second time.
+        warnings.warn(
+            "Overriding OS_OPEN_FLAGS is deprecated. Use the allow_overwrite parameter instead.",
+            _OS_OPEN_FLAGS_WARNING,
+            stacklevel=2,
+        )
+        # An instance attribute hides the subclass's flags from Django's check only;
+        # once removed, _save reads them from the class as Django would.
+        self.__dict__["OS_OPEN_FLAGS"] = _DEFAULT_OS_OPEN_FLAGS
+        try:
+            super().__init__(**local)
+        finally:
+            del self.__dict__["OS_OPEN_FLAGS"]
 
     def _save(self, name: str, content: File) -> str:
         validate_name(name, django_check=False)  # Storage.save has just run Django's check
@@ -503,11 +556,22 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
         return os.path.relpath(path, self.location).replace(os.sep, "/")
 
     def delete(self, name: str) -> None:
+        """Delete ``name`` locally, then on every media server.
+
+        As with FileSystemStorage, ``name`` may be path-like or an absolute path
+        inside the location, and an empty directory is removed (a full one raises
+        OSError). A directory is the master copy's business only: the media servers
+        create collections as PUTs need them and are not told of its removal, since
+        a WebDAV DELETE of a collection is recursive, and whatever another process
+        has put in it meanwhile would go too.
+        """
         if not name:
             raise ValueError("The name must be given to delete().")
-        validate_name(name)
+        name = validate_name(relative_to(self.location, name))
+        directory = os.path.isdir(self.path(name))
         super().delete(name)
-        self.replicate_deleted(name)
+        if not directory:
+            self.replicate_deleted(name)
 
     def replicate_saved(self, name: str) -> None:
         self.replicate(name)
@@ -771,19 +835,26 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
     def delete(self, name: str) -> None:
         if not name:
             raise ValueError("The name must be given to delete().")
-        validate_name(name)
+        name = validate_name(name)
         self.execute(self.delete_file, name)
 
-    def _ask(self, operation: str, name: str, func: Callable[[HostTransport], Any]) -> Any:
-        """Ask one host, falling over to the next one when it cannot answer."""
-        validate_name(name)
+    def _ask(self, operation: str, name: str, func: Callable[[HostTransport, str], Any]) -> Any:
+        """Ask one host, falling over to the next one when it cannot answer.
+
+        With a single host, what it raised is raised as it is, as django-resto 1.3's
+        reads did: there is no other host to name. With several, a ReplicationError
+        names each one's failure.
+        """
+        name = validate_name(name)
         if not self.hosts:
             raise ImproperlyConfigured("DistributedStorage has no media hosts to read from.")
         failures: list[Outcome] = []
         for host in self.hosts:
             try:
-                return func(self.transport(host))
+                return func(self.transport(host), name)
             except (requests.RequestException, UnexpectedStatusCode) as exc:
+                if len(self.hosts) == 1:
+                    raise
                 logger.warning(
                     "%s %s on %s failed, trying the next host: %s",
                     operation,
@@ -795,19 +866,19 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
         raise ReplicationError(operation, name, failures, total=len(self.hosts))
 
     def _head(self, name: str) -> requests.Response:
-        response = self._ask("HEAD", name, lambda transport: transport.head(name))
+        response = self._ask("HEAD", name, lambda transport, name: transport.head(name))
         if response is None:
             raise FileNotFoundError(f"{name} does not exist on the media servers")
         return response
 
     def exists(self, name: str) -> bool:
-        return self._ask("HEAD", name, lambda transport: transport.head(name)) is not None
+        return self._ask("HEAD", name, lambda transport, name: transport.head(name)) is not None
 
     def _open(self, name: str, mode: str = "rb") -> File:
         if mode not in ("r", "rb"):
             raise ValueError(f"DistributedStorage opens files read-only, not with mode {mode!r}")
-        response = self._ask("GET", name, lambda transport: transport.get(name))
-        return RemoteFile(response, name)
+        response = self._ask("GET", name, lambda transport, name: transport.get(name))
+        return RemoteFile(response, validate_name(name))
 
     def size(self, name: str) -> int:
         length = self._head(name).headers.get("Content-Length")

@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from . import wire
 from .settings import Host
 
-logger = logging.getLogger("django_resto")
+logger = logging.getLogger(__name__)
 
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MKCOL", "PROPFIND"})
 

@@ -138,7 +138,7 @@ def test_one_failed_host_of_three_fatal(test_servers, resto_log, fault, error_ty
     assert rows() == [(broken.host, "x.txt", "PUT")]
     errors = [r for r in resto_log.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
-    assert errors[0].getMessage().startswith(f"Failed to PUT x.txt on {broken.host}: ")
+    assert errors[0].getMessage().startswith(f"Failed to upload x.txt on {broken.host}: ")
     assert errors[0].exc_info is None  # show_traceback is off
     if fault == "hang":
         broken.release()
@@ -156,7 +156,7 @@ def test_not_fatal_logs_and_journals_without_raising(test_servers, resto_log):
     assert rows() == sorted([(servers[0].host, "x.txt", "PUT"), (servers[2].host, "x.txt", "PUT")])
     errors = [r for r in resto_log.records if r.levelno == logging.ERROR]
     assert sorted(r.getMessage().split(": ")[0] for r in errors) == sorted(
-        f"Failed to PUT x.txt on {server.host}" for server in (servers[0], servers[2])
+        f"Failed to upload x.txt on {server.host}" for server in (servers[0], servers[2])
     )
     assert all(r.exc_info is not None for r in errors)  # show_traceback is on
     row = PendingReplication.objects.get(host=servers[2].host)
@@ -315,7 +315,7 @@ def test_async_records_intent_until_done_and_never_raises(test_servers, resto_lo
     assert rows() == [(servers[1].host, "a.txt", "SYNC")]
     assert "ReadTimeout" in PendingReplication.objects.get().last_error
     assert any(
-        r.getMessage().startswith(f"Failed to SYNC a.txt on {servers[1].host}")
+        r.getMessage().startswith(f"Failed to sync a.txt on {servers[1].host}")
         for r in resto_log.records
     )
 

@@ -250,7 +250,7 @@ def test_failure_in_the_task_is_journaled_not_raised(
     assert pending() == {(servers[1].host, "a.txt")}
     assert "ConnectionError" in PendingReplication.objects.get().last_error
     assert any(
-        r.getMessage().startswith(f"Failed to SYNC a.txt on {servers[1].host}")
+        r.getMessage().startswith(f"Failed to sync a.txt on {servers[1].host}")
         for r in resto_log.records
     )
 
