@@ -7,7 +7,7 @@ VENV       := .venv
 VENV_DJ6   := .venv-dj6
 PYTEST_ARGS ?=
 
-.PHONY: test system venv venvs lint test-python test-dj52 test-dj6 molecule bench demo clean
+.PHONY: test system venv venv-dj6 venvs lint test-python test-dj52 test-dj6 molecule bench demo clean
 
 test: system lint test-python
 	scripts/molecule-all --no-lint
@@ -22,11 +22,13 @@ venv:
 	scripts/make-venv $(VENV) 3.11 "Django>=5.2,<5.3"
 
 # The highest line: Python 3.13 and the newest Django 6.x.
-venvs: venv
+venv-dj6:
 	scripts/make-venv $(VENV_DJ6) 3.13 "Django>=6.1,<7"
 
+venvs: venv venv-dj6
+
 # Python: ruff and mypy (with django-stubs); Ansible: yamllint and ansible-lint.
-lint: venvs
+lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -36,13 +38,13 @@ test-python: test-dj52 test-dj6
 
 # Django 5.2 LTS on Python 3.11: the library's suite on SQLite, then on PostgreSQL (a
 # cluster the suite starts itself, see tests/pg.py), then the example site's (SQLite).
-test-dj52: venvs
+test-dj52: venv
 	RESTO_TEST_DB=sqlite $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	RESTO_TEST_DB=postgresql $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	cd example && ../$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The newest Django 6.x on Python 3.13, the same three runs.
-test-dj6: venvs
+test-dj6: venv-dj6
 	RESTO_TEST_DB=sqlite $(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
 	RESTO_TEST_DB=postgresql $(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)
 	cd example && ../$(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS)

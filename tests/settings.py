@@ -1,6 +1,8 @@
 """Django settings for the test suite."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from importlib.util import find_spec
 from typing import Any
@@ -36,6 +38,7 @@ elif _TEST_DB == "sqlite":
     # Some tests have other processes write it too: WAL lets readers go on while one
     # writes, and the timeout makes writers wait for each other's locks.
     _DB_DIR = tempfile.mkdtemp(prefix="django_resto_tests_db_")
+    atexit.register(shutil.rmtree, _DB_DIR, ignore_errors=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -50,6 +53,8 @@ elif _TEST_DB == "sqlite":
 else:
     raise ValueError(f"RESTO_TEST_DB={_TEST_DB!r}: use 'sqlite' (the default) or 'postgresql'")
 MEDIA_ROOT = tempfile.mkdtemp(prefix="django_resto_tests_media_")
+# Removed when the process ends: every run used to leave both directories in /tmp.
+atexit.register(shutil.rmtree, MEDIA_ROOT, ignore_errors=True)
 MEDIA_URL = "/media/"
 RESTO_MEDIA_HOSTS: list[str] = []
 LOGGING_CONFIG = None
