@@ -227,8 +227,30 @@ def test_delete_refuses_other_absolute_names(test_servers, media_root, where):
 # --- OS_OPEN_FLAGS ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not DJANGO_HAS_OS_OPEN_FLAGS, reason="Django 6.0 removed OS_OPEN_FLAGS")
+def test_os_open_flags_is_ignored_and_silent_as_in_django_6(tmp_path):
+    """Django 6.0 removed OS_OPEN_FLAGS: an override warns nothing and changes nothing."""
+    if DJANGO_HAS_OS_OPEN_FLAGS:
+        assert hasattr(FileSystemStorage, "OS_OPEN_FLAGS")  # Django 5.2: the next test
+        return
+
+    class Overwriting(HybridStorage):
+        OS_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        storage = Overwriting(location=str(tmp_path))
+        storage.save("o.txt", ContentFile(b"first"))
+        second = storage.save("o.txt", ContentFile(b"second"))
+    assert caught == []
+    assert not hasattr(FileSystemStorage, "OS_OPEN_FLAGS")
+    assert second != "o.txt"  # the override did not make Django overwrite
+    assert (tmp_path / "o.txt").read_bytes() == b"first"
+
+
 def test_os_open_flags_override_warns_once_at_the_callers_line(tmp_path):
+    if not DJANGO_HAS_OS_OPEN_FLAGS:
+        assert not hasattr(FileSystemStorage, "OS_OPEN_FLAGS")  # Django 6: the test above
+        return
     from django.utils.deprecation import RemovedInDjango60Warning
 
     class Overwriting(HybridStorage):
