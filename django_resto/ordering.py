@@ -220,13 +220,13 @@ def ordered(
     alias = journal_database()
     kind = strategy(alias)
     digest = _digest(storage, name)
-    deadline = time.monotonic() + timeout
+    wait = _Wait(storage, name, timeout)
     local = _STRIPES[digest % _SLOTS % len(_STRIPES)]
     if not local.acquire(timeout=timeout):
-        raise LockTimeout(_timeout_message(storage, name, timeout, "this process"))
+        raise wait.timed_out("this process")
     try:
         try:
-            seq, rows = _acquire(kind, alias, digest, deadline, storage, name, timeout, probe)
+            seq, rows = _acquire(kind, alias, digest, wait, probe)
         except LockTimeout:
             raise
         except Exception as exc:
@@ -243,29 +243,44 @@ def ordered(
         local.release()
 
 
-def _timeout_message(storage: str, name: str, timeout: float, holder: str) -> str:
-    return (
-        f"the lock of {name!r} (storage {storage!r}) was held by {holder} for more than "
-        f"lock_timeout={timeout:g}s"
-    )
+class _Wait:
+    """One wait for a lock held elsewhere: polled, with a growing pause, up to a deadline."""
+
+    def __init__(self, storage: str, name: str, timeout: float) -> None:
+        self.storage = storage
+        self.name = name
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.pause = _POLL_FIRST
+
+    def timed_out(self, holder: str) -> LockTimeout:
+        return LockTimeout(
+            f"the lock of {self.name!r} (storage {self.storage!r}) was held by {holder} for "
+            f"more than lock_timeout={self.timeout:g}s"
+        )
+
+    def sleep_or_give_up(self) -> None:
+        """Sleep before the next try; LockTimeout once the deadline has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.timed_out("another process")
+        time.sleep(min(self.pause, left))
+        self.pause = min(self.pause * 2, _POLL_MAX)
 
 
 def _acquire(
     kind: str,
     alias: str | None,
     digest: int,
-    deadline: float,
-    storage: str,
-    name: str,
-    timeout: float,
+    wait: _Wait,
     probe: tuple[str, Sequence[Any]] | None,
 ) -> tuple[int, bool | None]:
     if kind == "postgresql":
         assert alias is not None
-        return _pg_acquire(alias, digest, deadline, storage, name, timeout, probe)
+        return _pg_acquire(alias, digest, wait, probe)
     if kind == "sqlite":
         assert alias is not None
-        _file_acquire(alias, digest % _SLOTS, deadline, storage, name, timeout)
+        _file_acquire(alias, digest % _SLOTS, wait)
     try:
         return next_seq(alias), None
     except BaseException:
@@ -297,13 +312,7 @@ def _unlock(kind: str, alias: str | None, digest: int) -> None:
 
 
 def _pg_acquire(
-    alias: str,
-    digest: int,
-    deadline: float,
-    storage: str,
-    name: str,
-    timeout: float,
-    probe: tuple[str, Sequence[Any]] | None,
+    alias: str, digest: int, wait: _Wait, probe: tuple[str, Sequence[Any]] | None
 ) -> tuple[int, bool | None]:
     # Lock, number and probe in one round trip; the number is drawn only once the lock
     # is ours.
@@ -312,17 +321,13 @@ def _pg_acquire(
     if probe is not None:
         sql += f", {probe[0]}"
         params.extend(probe[1])
-    pause = _POLL_FIRST
     while True:
         with connections[alias].cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
         if row is not None and row[0] is not None:
             return int(row[0]), (bool(row[1]) if probe is not None else None)
-        if time.monotonic() >= deadline:
-            raise LockTimeout(_timeout_message(storage, name, timeout, "another process"))
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 2, _POLL_MAX)
+        wait.sleep_or_give_up()
 
 
 # --- SQLite: byte-range locks in one file ----------------------------------------
@@ -365,9 +370,7 @@ def _slots() -> dict[int, int]:
     return slots
 
 
-def _file_acquire(
-    alias: str, slot: int, deadline: float, storage: str, name: str, timeout: float
-) -> None:
+def _file_acquire(alias: str, slot: int, wait: _Wait) -> None:
     slots = _slots()
     if slots.get(slot):
         # This thread holds the byte already for another name (a hash collision):
@@ -375,25 +378,14 @@ def _file_acquire(
         # unlocking it for one name would free it for both.
         slots[slot] += 1
         return
-    _file_lock(alias, slot, deadline, storage, name, timeout)
-    slots[slot] = 1
-
-
-def _file_lock(
-    alias: str, slot: int, deadline: float, storage: str, name: str, timeout: float
-) -> None:
     fd = _lock_file(alias)
-    pause = _POLL_FIRST
     while True:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
-            return
+            break
         except (BlockingIOError, PermissionError):
-            pass
-        if time.monotonic() >= deadline:
-            raise LockTimeout(_timeout_message(storage, name, timeout, "another process"))
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 2, _POLL_MAX)
+            wait.sleep_or_give_up()
+    slots[slot] = 1
 
 
 def _forget_files_after_fork() -> None:
