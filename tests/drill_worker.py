@@ -21,34 +21,12 @@ import sys
 import time
 from typing import Any
 
-
-def emit(**event: Any) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+from tests.worker_setup import configure_django, emit
 
 
 def configure(config: dict[str, Any]) -> None:
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        SECRET_KEY="django_resto fault drill worker",
-        USE_TZ=True,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_resto"],
-        DATABASES=config["databases"],
-        MEDIA_ROOT=config["media_root"],
-        MEDIA_URL="/media/",
-        STORAGES={
-            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-            config["alias"]: {
-                "BACKEND": "django_resto.storage.AsyncStorage",
-                "OPTIONS": config["options"],
-            },
-        },
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
+    storage = {"BACKEND": "django_resto.storage.AsyncStorage", "OPTIONS": config["options"]}
+    configure_django(config, {config["alias"]: storage}, "django_resto fault drill worker")
 
 
 def main(path: str) -> None:

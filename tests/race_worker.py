@@ -20,31 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def emit(**event: Any) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+from tests.worker_setup import configure_django, emit
 
 
 def configure(config: dict[str, Any]) -> None:
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        SECRET_KEY="django_resto ordering drill",
-        USE_TZ=True,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_resto"],
-        DATABASES=config["databases"],
-        MEDIA_ROOT=config["media_root"],
-        MEDIA_URL="/media/",
-        STORAGES={
-            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-            **config["storages"],
-        },
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
+    configure_django(config, config["storages"], "django_resto ordering drill")
     import django_resto.ordering
 
     django_resto.ordering.DISABLED = config["unordered"]
