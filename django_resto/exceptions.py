@@ -20,19 +20,40 @@ host's exception itself, as 1.3 did.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .fanout import Outcome
-from .journal import JournalUnavailable
-from .transport import UnexpectedStatusCode
+if TYPE_CHECKING:  # a leaf module: the fan-out's outcome is only named, never imported
+    from .fanout import Outcome
 
 __all__ = [
     "JournalError",
     "JournalStatusError",
+    "JournalUnavailable",
     "ReplicationError",
     "ReplicationStatusError",
     "UnexpectedStatusCode",
 ]
+
+
+class UnexpectedStatusCode(Exception):
+    """A media server answered with a status the protocol does not allow here."""
+
+    def __init__(self, host: str, method: str, url: str, status: int, reason: str = "") -> None:
+        self.host = host
+        self.method = method
+        self.url = url
+        self.status = status
+        self.reason = reason
+        detail = f"{status} {reason}".strip()
+        super().__init__(f"{method} {url} on host {host} answered unexpected status {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions cross process boundaries in task queues; keep them picklable.
+        return (type(self), (self.host, self.method, self.url, self.status, self.reason))
+
+
+class JournalUnavailable(Exception):
+    """A journal write failed; the storage turns it into a JournalError for its caller."""
 
 
 def describe(error: BaseException | None) -> str:

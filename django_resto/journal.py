@@ -25,6 +25,8 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from .exceptions import JournalUnavailable
+
 logger = logging.getLogger(__name__)
 
 
@@ -184,7 +186,3 @@ def strictly(func, *args, **kwargs) -> None:
         func(*args, **kwargs)
     except Exception as exc:
         raise JournalUnavailable(f"Could not write the django_resto journal: {exc}") from exc
-
-
-class JournalUnavailable(Exception):
-    """A journal write failed; the storage turns it into a JournalError for its caller."""

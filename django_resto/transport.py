@@ -25,28 +25,12 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from . import wire
+from .exceptions import UnexpectedStatusCode
 from .settings import Host
 
 logger = logging.getLogger(__name__)
 
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MKCOL", "PROPFIND"})
-
-
-class UnexpectedStatusCode(Exception):
-    """A media server answered with a status the protocol does not allow here."""
-
-    def __init__(self, host: str, method: str, url: str, status: int, reason: str = "") -> None:
-        self.host = host
-        self.method = method
-        self.url = url
-        self.status = status
-        self.reason = reason
-        detail = f"{status} {reason}".strip()
-        super().__init__(f"{method} {url} on host {host} answered unexpected status {detail}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions cross process boundaries in task queues; keep them picklable.
-        return (type(self), (self.host, self.method, self.url, self.status, self.reason))
 
 
 class Body:
