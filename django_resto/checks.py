@@ -7,31 +7,14 @@ so that every problem is listed at once instead of the first one raised.
 from __future__ import annotations
 
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
 
+from . import registry
 from .settings import media_path, parse_host, resolve_options
-
-if TYPE_CHECKING:
-    from .storage import ReplicatedStorageMixin
-
-
-def _resto_storages() -> list[tuple[str, type[ReplicatedStorageMixin], dict[str, Any]]]:
-    from .storage import ReplicatedStorageMixin
-
-    found = []
-    for alias, config in getattr(settings, "STORAGES", {}).items():
-        try:
-            backend = import_string(config.get("BACKEND", ""))
-        except ImportError:
-            continue  # Django's own checks and the first use report this.
-        if isinstance(backend, type) and issubclass(backend, ReplicatedStorageMixin):
-            found.append((alias, backend, dict(config.get("OPTIONS", {}))))
-    return found
 
 
 def _tasks_framework_installed() -> bool:
@@ -42,20 +25,19 @@ def _tasks_framework_installed() -> bool:
 
 @register(Tags.compatibility, "django_resto")
 def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from .storage import AsyncStorage, DistributedStorage
-
     messages: list[CheckMessage] = []
-    for alias, backend, options in _resto_storages():
-        where = f"STORAGES[{alias!r}]"
+    for entry in registry.entries():
+        backend, options, can = entry.backend, entry.options, entry.capabilities
+        where = f"STORAGES[{entry.alias!r}]"
+        extra = getattr(backend, "extra_options", ())
         try:
-            resolved = resolve_options(backend.__qualname__, options, backend.extra_options)
+            resolved = resolve_options(backend.__qualname__, options, extra)
         except ImproperlyConfigured as exc:
             messages.append(Error(str(exc), obj=where, id="django_resto.E004"))
             continue
-        distributed = issubclass(backend, DistributedStorage)
         hosts = resolved["hosts"]
         if not hosts:
-            if distributed:
+            if can.needs_hosts:
                 messages.append(
                     Error(
                         "DistributedStorage has no media hosts: no file can be stored.",
@@ -90,7 +72,7 @@ def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             media_path(base_url)
         except ImproperlyConfigured as exc:
             messages.append(Error(str(exc), obj=where, id="django_resto.E003"))
-        if distributed and not resolved["fatal_exceptions"]:
+        if can.needs_hosts and not resolved["fatal_exceptions"]:
             messages.append(
                 Warning(
                     "DistributedStorage with fatal_exceptions=False can lose uploads: a failed "
@@ -111,7 +93,7 @@ def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 )
             )
         if (
-            issubclass(backend, AsyncStorage)
+            can.background
             and resolved["replicate_with"] == "tasks"
             and not _tasks_framework_installed()
         ):
@@ -131,7 +113,7 @@ def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 @register(Tags.compatibility, "django_resto")
 def check_ordering(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Say when the per-name lock cannot hold across processes (see ordering.py)."""
-    if not _resto_storages():
+    if not registry.entries():
         return []
     from django.db import connections
 
@@ -167,7 +149,7 @@ def check_sqlite_journal(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """Several processes on one SQLite journal need WAL, or readers block writers."""
-    if not databases or not _resto_storages():
+    if not databases or not registry.entries():
         return []
     from django.db import connections
 

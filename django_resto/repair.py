@@ -12,16 +12,17 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.core.files.storage import storages
 from django.db import connection
 
-from . import journal
+from . import journal, registry
 from .exceptions import describe
 from .fanout import FanOut
-from .models import PendingReplication
 from .transport import Body, HostTransport
+
+if TYPE_CHECKING:
+    from .models import PendingReplication
 
 logger = logging.getLogger("django_resto")
 
@@ -37,22 +38,12 @@ class RepairReport:
 
 def resto_storage(alias: str) -> Any | None:
     """The configured storage for a journal key, or None if it is not a django_resto one."""
-    from .storage import ReplicatedStorageMixin
-
-    if not alias:
-        return None
-    try:
-        storage = storages[alias]
-    except Exception:
-        return None
-    return storage if isinstance(storage, ReplicatedStorageMixin) else None
+    return registry.storage(alias)
 
 
 def resto_aliases() -> list[str]:
     """Every STORAGES alias whose backend is a django_resto storage."""
-    from django.conf import settings
-
-    return [alias for alias in settings.STORAGES if resto_storage(alias) is not None]
+    return registry.aliases()
 
 
 class _Stream:
@@ -110,24 +101,20 @@ class RemoteBody(Body):
 
 def planned_action(storage: Any, row: PendingReplication) -> str:
     """What repairing ``row`` would do now: PUT, DELETE or COPY from another host."""
-    from .storage import DistributedStorage
-
-    if isinstance(storage, DistributedStorage):
-        if row.operation == "PUT" and row.sources:
-            return "COPY"
-        return "DELETE"
-    return "PUT" if storage.expected_state(row.name) else "DELETE"
+    return storage.planned_repair(row)
 
 
 def repair_row(storage: Any, row: PendingReplication) -> str:
     """Repair one row's host; return the verb used. Raises if the host is still behind."""
-    from .storage import DistributedStorage
+    return storage.repair(row)
 
-    if not isinstance(storage, DistributedStorage):
-        return storage.converge(row.host, row.name)
-    if row.operation != "PUT" or not row.sources:
-        storage.delete_file(row.host, row.name)
-        return "DELETE"
+
+def copy_from_sources(storage: Any, row: PendingReplication) -> None:
+    """PUT ``row``'s file on its host, streamed from a host that acknowledged the write.
+
+    For storages without a master copy (Distributed): the sources are the hosts
+    that acknowledged the PUT the row records.
+    """
     problems = []
     for source in row.sources:
         if source == row.host or source not in storage.hosts:
@@ -138,7 +125,7 @@ def repair_row(storage: Any, row: PendingReplication) -> str:
             problems.append(f"{source}: {describe(exc)}")
             continue
         storage.put_file(row.host, row.name, body)
-        return "COPY"
+        return
     raise FileNotFoundError(
         f"No host that acknowledged {row.name} can provide it ({'; '.join(problems) or 'none'})"
     )

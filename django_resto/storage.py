@@ -1,26 +1,24 @@
 """The three storage backends: Hybrid, Async and Distributed.
 
 Import paths and behaviour follow django-resto 1.x so that existing projects only
-change their STORAGES entry; see the README for what changed and why.
+change their STORAGES entry; see the README for what changed and why. Each backend is
+a Storage adapter: it says what its master copy is and how to read it, and hands
+replication to its :class:`~django_resto.replicator.Replicator`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import logging
 import os
 import shutil
 import tempfile
-import threading
-import time
 import warnings
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
 from urllib.parse import urljoin
 
 import requests
@@ -28,25 +26,28 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage
-from django.db import connections
 from django.utils import deprecation, timezone
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 
-from . import journal, ordering
+from . import repair as _repair
 from .exceptions import JournalError, ReplicationError, describe
-from .fanout import FanOut, Outcome, call
+from .fanout import Outcome
 from .names import relative_to, validate_name
-from .settings import LOCAL_OPTIONS, Host, media_path, parse_host, resolve_options
+from .operations import Delete, Put, operation_for, per_host, verb_of
+from .registry import Capabilities
+from .replicator import FAILURE_WORDS, Replicator
+from .scheduling import Background
+from .settings import LOCAL_OPTIONS, media_path
 from .transport import Body, BytesBody, FileBody, HostTransport, UnexpectedStatusCode
-from .wire import INLINE_BODY
+
+if TYPE_CHECKING:
+    from .models import PendingReplication
 
 # A child of "django_resto": configs for either name hear the storages, as configs
-# written for django-resto 1.3 (which logged on django_resto.storage) expect.
+# written for django-resto 1.3 (which logged on django_resto.storage) expect. The
+# replicator logs its failures here too.
 logger = logging.getLogger(__name__)
-
-#: The word 1.3 used in "Failed to ..." for each verb, for filters that match on it.
-FAILURE_WORDS = {"PUT": "upload", "DELETE": "delete", "SYNC": "sync"}
 
 # RemovedInDjango60Warning: Django 6.0 removed FileSystemStorage.OS_OPEN_FLAGS, and
 # with it the warning that HybridStorage repeats for its subclasses (see __init__).
@@ -57,121 +58,87 @@ _OS_OPEN_FLAGS_WARNING: type[Warning] | None = (
     else None
 )
 
-__all__ = ["AsyncStorage", "DistributedStorage", "HybridStorage", "ReplicationError"]
+__all__ = [
+    "FAILURE_WORDS",
+    "AsyncStorage",
+    "DistributedStorage",
+    "HybridStorage",
+    "ReplicationError",
+]
+
+#: Kept for code written against 0.x of this package: the verb of a per-host callable.
+operation_of = verb_of
+
+T = TypeVar("T")
 
 
-def operation(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Tag a per-host method with the HTTP verb used in logs, errors and the journal."""
+class _Option(Generic[T]):
+    """A resolved option, shown on the storage and kept by its replicator."""
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        func.resto_operation = verb  # type: ignore[attr-defined]
-        return func
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-    return decorate
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Option[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | _Option[T]:
+        if obj is None:
+            return self
+        return cast(T, getattr(obj.replicator, self.name))  # type: ignore[attr-defined]
 
-
-def operation_of(func: Callable[..., Any]) -> str:
-    return getattr(func, "resto_operation", getattr(func, "__name__", "call"))
+    def __set__(self, obj: object, value: T) -> None:
+        setattr(obj.replicator, self.name, value)  # type: ignore[attr-defined]
 
 
 class ReplicatedStorageMixin:
-    """What every django_resto backend shares: hosts, transports and the failure policy.
+    """What every django_resto backend shares: its Replicator and the per-host operations.
 
-    Options are read once, in ``__init__``, as django-storages does; an unknown
-    option raises ImproperlyConfigured naming it.
+    Stable API from django-resto 1.x: ``execute`` (and ``execute_one`` on
+    AsyncStorage) decide how work runs and are handed picklable callables;
+    ``put_file``, ``delete_file`` and ``converge`` act on one host.
     """
 
+    #: What the commands and checks may ask of this backend (registry.py).
+    resto_capabilities: ClassVar[Capabilities] = Capabilities(master_copy=True)
     #: Options the backend accepts on top of django_resto's own.
     extra_options: tuple[str, ...] = ()
     #: Hosts that must acknowledge a write unless ``min_replicas`` says otherwise.
     default_min_replicas = 0
 
+    replicator: Replicator
+    hosts: _Option[tuple[str, ...]] = _Option()
+    timeout: _Option[float] = _Option()
+    connect_timeout: _Option[float | None] = _Option()
+    min_transfer_rate: _Option[float] = _Option()
+    lock_timeout: _Option[float] = _Option()
+    journal_alias: _Option[str | None] = _Option()
+    fatal_exceptions: _Option[bool] = _Option()
+    show_traceback: _Option[bool] = _Option()
+    verify: _Option[bool | str] = _Option()
+    token_header: _Option[str] = _Option()
+    min_replicas: _Option[int] = _Option()
+    max_workers: _Option[int] = _Option()
+    async_workers: _Option[int] = _Option()
+    replicate_with: _Option[str] = _Option()
+    task_backend: _Option[str] = _Option()
+    task_queue: _Option[str] = _Option()
+    listing_prefix: _Option[str] = _Option()
+
     def _configure(self, options: dict[str, Any]) -> dict[str, Any]:
         """Resolve django_resto's options; return the ones meant for the parent class."""
-        backend = f"{type(self).__module__}.{type(self).__qualname__}"
-        resolved = resolve_options(backend, options, self.extra_options)
-        self._options = dict(options)
-        hosts: dict[str, Host] = {}
-        for name in resolved["hosts"]:
-            try:
-                hosts[name] = parse_host(name)
-            except ValueError as exc:
-                raise ImproperlyConfigured(f"Invalid media host in {backend}: {exc}") from None
-        self._hosts = hosts
-        self.hosts: tuple[str, ...] = resolved["hosts"]
-        self.timeout: float = resolved["timeout"]
-        self.connect_timeout: float | None = resolved["connect_timeout"]
-        self.min_transfer_rate: float = resolved["min_transfer_rate"]
-        self.lock_timeout: float = resolved["lock_timeout"]
-        self.journal_alias: str | None = resolved["journal_alias"]
-        self.fatal_exceptions: bool = resolved["fatal_exceptions"]
-        self.show_traceback: bool = resolved["show_traceback"]
-        self.verify: bool | str = resolved["verify"]
-        self._auth: tuple[str, str] | None = resolved["auth"]
-        self._token: str | None = resolved["token"]
-        self.token_header: str = resolved["token_header"]
-        self.min_replicas: int = (
-            resolved["min_replicas"]
-            if resolved["min_replicas"] is not None
-            else min(self.default_min_replicas, len(self.hosts))
+        self.replicator = Replicator(
+            self,
+            options,
+            extra_options=self.extra_options,
+            default_min_replicas=self.default_min_replicas,
         )
-        if self.min_replicas > len(self.hosts):
-            raise ImproperlyConfigured(
-                f"min_replicas={self.min_replicas} in {backend} is more than the "
-                f"{len(self.hosts)} configured host(s)."
-            )
-        self.max_workers: int = resolved["max_workers"] or max(4, 4 * (len(self.hosts) - 1))
-        self.async_workers: int = resolved["async_workers"]
-        self.replicate_with: str = resolved["replicate_with"]
-        self.task_backend: str = resolved["task_backend"]
-        self.task_queue: str = resolved["task_queue"]
-        self.listing_prefix: str = resolved["listing_prefix"]
-        self._fanout = FanOut(self.max_workers)
-        self._transports: dict[str, HostTransport] = {}
-        self._transports_lock = threading.Lock()
         return {key: value for key, value in options.items() if key in self.extra_options}
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Locks, thread pools and sockets do not cross process boundaries (task
-        # queues pickle the storage together with the bound method they call).
-        state = self.__dict__.copy()
-        for key in ("_transports_lock", "_async_executor", "_pending", "_pending_lock"):
-            state.pop(key, None)
-        state["_transports"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._transports_lock = threading.Lock()
 
     @property
     def journal_key(self) -> str:
-        """The STORAGES alias this storage was configured under, which names its journal rows.
-
-        The ``journal_alias`` option when given; else found by matching backend and
-        OPTIONS, so it also works for the instance a FileField creates from the same
-        settings. "" when the storage is not in STORAGES: the journal then refuses its
-        failures (:meth:`record_outcomes`), since no command could ever drain them.
-        """
-        if self.journal_alias is not None:
-            return self.journal_alias
-        key = self.__dict__.get("_journal_key")
-        if key is None:
-            key = ""
-            candidates = []
-            for alias, config in getattr(settings, "STORAGES", {}).items():
-                backend = config.get("BACKEND", "")
-                if backend.rsplit(".", 1)[-1] != type(self).__name__:
-                    continue
-                candidates.append(alias)
-                if dict(config.get("OPTIONS", {})) == self._options:
-                    key = alias
-                    break
-            else:
-                if len(candidates) == 1:
-                    key = candidates[0]
-            self._journal_key = key
-        return key
+        """The STORAGES alias this storage was configured under, which names its journal rows."""
+        return self.replicator.journal_key
 
     def save(self, name: str | None, content: IO[Any], max_length: int | None = None) -> str:
         # Django turns backslashes into slashes before anything else sees the name;
@@ -181,8 +148,6 @@ class ReplicatedStorageMixin:
             validate_name(str(name), django_check=False)
         return super().save(name, content, max_length=max_length)  # type: ignore[misc]
 
-    # --- transport ---------------------------------------------------------
-
     @property
     def media_prefix(self) -> str:
         """The URL path of MEDIA_URL, under which media servers keep the files."""
@@ -191,278 +156,38 @@ class ReplicatedStorageMixin:
 
     def transport(self, host: str) -> HostTransport:
         """The pooled HTTP transport to ``host`` (rebuilt if MEDIA_URL changed)."""
-        prefix = self.media_prefix
-        current = self._transports.get(host)
-        if current is not None and current.prefix == prefix:
-            return current
-        with self._transports_lock:
-            current = self._transports.get(host)
-            if current is None or current.prefix != prefix:
-                if host not in self._hosts:
-                    raise ValueError(f"{host!r} is not one of this storage's hosts")
-                current = HostTransport(
-                    self._hosts[host],
-                    prefix,
-                    timeout=self.timeout,
-                    connect_timeout=self.connect_timeout,
-                    min_transfer_rate=self.min_transfer_rate,
-                    verify=self.verify,
-                    auth=self._auth,
-                    token=self._token,
-                    token_header=self.token_header,
-                    pool_size=max(10, self.max_workers),
-                )
-                self._transports[host] = current
-                # A storage dropped without close() (FileField and test code build them
-                # freely; FileSystemStorage holds nothing to close) closes its pooled
-                # sockets when collected, rather than leaving them to the garbage
-                # collector's ResourceWarnings. The finalizer holds the transport only.
-                weakref.finalize(self, current.close)
-        return current
+        return self.replicator.target(host)
 
     def close(self) -> None:
         """Close pooled connections (they reopen on demand)."""
-        for transport in list(self._transports.values()):
-            transport.close()
+        self.replicator.close()
 
-    # --- per-host operations (stable: may be passed to execute/execute_one) --
+    # --- what the master copy holds (the backends say) ----------------------------
 
-    @operation("PUT")
-    def put_file(self, host: str, name: str, body: Body | None = None) -> bool:
-        """Upload ``name`` to one host; from the local master copy unless ``body`` is given.
-
-        Returns True if the host created the file, False if it replaced one.
-        """
-        return self.start_put_file(host, name, body)()
-
-    def start_put_file(self, host: str, name: str, body: Body | None = None) -> Callable[[], bool]:
-        """:meth:`put_file` in two halves: the request is sent on return; the result waits."""
-        if body is None:
-            body = FileBody(self.path(name))  # type: ignore[attr-defined]
-        finish = self.transport(host).start_put(name, body)
-
-        def answered() -> bool:
-            created = finish().created
-            if not created:
-                logger.info("PUT on existing file %s on %s", name, host)
-            return created
-
-        return answered
-
-    @operation("DELETE")
-    def delete_file(self, host: str, name: str) -> bool:
-        """Delete ``name`` on one host; a file that was already missing is only a warning."""
-        return self.start_delete_file(host, name)()
-
-    def start_delete_file(self, host: str, name: str) -> Callable[[], bool]:
-        """:meth:`delete_file` in two halves: the request is sent on return; the result waits."""
-        finish = self.transport(host).start_delete(name)
-
-        def answered() -> bool:
-            existed = finish()
-            if not existed:
-                logger.warning("DELETE on missing file %s on %s", name, host)
-            return existed
-
-        return answered
-
-    def _two_halves(self, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        """The start half of ``func`` if every host can be started from this thread.
-
-        That holds for a DELETE and for a PUT whose body fits in a socket's send
-        buffer: sending it never waits for the server. Larger bodies run in the
-        fan-out's threads, where one slow host cannot hold up the others' uploads.
-        A subclass that overrides put_file or delete_file gets its own method run.
-        """
-        if getattr(func, "__self__", None) is not self:
-            return None
-        method = getattr(func, "__func__", None)
-        if method is ReplicatedStorageMixin.delete_file:
-            return self.start_delete_file
-        if method is ReplicatedStorageMixin.put_file:
-            body = args[0] if args else None
-            if isinstance(body, Body) and body.size <= INLINE_BODY:
-                return self.start_put_file
-        return None
-
-    # --- ordering ------------------------------------------------------------
-
-    def locked(self, name: str) -> AbstractContextManager[int]:
-        """Hold the name's lock, shared by every process and app server; yield ``seq``.
-
-        Everything that replicates ``name`` runs inside it and decides what to send
-        only once it holds it (see ordering.py). Nested use in one thread is free.
-        """
-        key = self.journal_key
-        probe = journal.probe(key, list(self.hosts), name) if key and journal.enabled() else None
-        return ordering.ordered(key, name, timeout=self.lock_timeout, probe=probe)
-
-    def _with_lock(
-        self,
-        name: str,
-        operation: str,
-        work: Callable[[int], list[Outcome]],
-        *,
-        hosts: Sequence[str] | None = None,
-        raising: bool = True,
-    ) -> list[Outcome]:
-        """Run ``work(seq)`` under the name's lock; a lock not had in time fails every host.
-
-        That failure goes through the policy like any other: journaled (the hosts may
-        be behind, since nothing was sent), raised as ``fatal_exceptions`` says. A lock
-        the journal's database cannot give at all is a JournalError.
-        """
-        try:
-            with self.locked(name) as seq:
-                return work(seq)
-        except ordering.LockTimeout as exc:
-            targets = self.hosts if hosts is None else hosts
-            outcomes = [Outcome(host, error=exc) for host in targets]
-            self.settle(operation, name, outcomes, seq=journal.now_seq(), raising=raising)
-            return outcomes
-        except ordering.LockUnavailable as exc:
-            # Nothing was sent, and nothing can be journaled: the hosts may be behind.
-            targets = self.hosts if hosts is None else hosts
-            outcomes = [Outcome(host, error=exc) for host in targets]
-            error = JournalError(operation, name, outcomes, detail=str(exc))
-            if not raising:
-                logger.error("%s", error, exc_info=True)
-                return outcomes
-            raise error from exc.__cause__
-
-    # --- fan-out and failure policy -----------------------------------------
-
-    def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ``func(host, name, *args, **kwargs)`` on every media server in parallel.
-
-        Runs under the name's lock and applies the failure policy; returns the per-host
-        outcomes. Stable API: override it (or :meth:`execute_one` on AsyncStorage) to
-        change how work runs.
-        """
-        operation = operation_of(func)
-
-        def work(seq: int) -> list[Outcome]:
-            start = self._two_halves(func, args)
-            if start is not None:
-                outcomes = self._fanout.run_started(start, self.hosts, name, *args, **kwargs)
-            else:
-                outcomes = self._fanout.run(func, self.hosts, name, *args, **kwargs)
-            self.settle(operation, name, outcomes, seq=seq)
-            return outcomes
-
-        return self._with_lock(name, operation, work)
-
-    def _no_alias(self) -> str:
-        return (
-            f"the journal cannot record it: this {type(self).__name__} matches no STORAGES "
-            "entry, so process_failed_media could never repair it. Configure it in STORAGES "
-            "or give it the journal_alias option."
-        )
-
-    def settle(
-        self,
-        operation: str,
-        name: str,
-        outcomes: list[Outcome],
-        *,
-        seq: int | None = None,
-        raising: bool = True,
-    ) -> None:
-        """Log each host's failure, record the outcomes, and raise as the policy says.
-
-        With ``fatal_exceptions`` one ReplicationError names every failed host. A
-        write acknowledged by fewer than ``min_replicas`` hosts always raises: the
-        caller must not believe the file is stored when it is not. A failure the
-        journal cannot record raises JournalError, even with ``raising=False``
-        (background work), where it is logged instead.
-        """
-        failures = [outcome for outcome in outcomes if not outcome.ok]
-        for outcome in failures:
-            error = outcome.error
-            logger.error(
-                "Failed to %s %s on %s: %s",
-                FAILURE_WORDS.get(operation, operation),
-                name,
-                outcome.host,
-                describe(error),
-                exc_info=(type(error), error, error.__traceback__)
-                if self.show_traceback and error is not None
-                else None,
-            )
-        acknowledged = len(outcomes) - len(failures)
-        below_quorum = operation == "PUT" and acknowledged < self.min_replicas
-        try:
-            self.record_outcomes(
-                operation,
-                name,
-                outcomes,
-                seq=journal.now_seq() if seq is None else seq,
-                below_quorum=below_quorum,
-            )
-        except journal.JournalUnavailable as exc:
-            error = JournalError(operation, name, failures, total=len(outcomes), detail=str(exc))
-            if raising:
-                raise error from exc.__cause__
-            logger.error("%s", error, exc_info=True)
-        if not raising or not failures:
-            return
-        if below_quorum:
-            raise ReplicationError(
-                operation,
-                name,
-                failures,
-                total=len(outcomes),
-                detail=f"Only {acknowledged} acknowledged; at least {self.min_replicas} required",
-            )
-        if self.fatal_exceptions:
-            raise ReplicationError(operation, name, failures, total=len(outcomes))
-
-    def record_outcomes(
-        self,
-        operation: str,
-        name: str,
-        outcomes: list[Outcome],
-        *,
-        seq: int,
-        below_quorum: bool = False,
-    ) -> None:
-        """Journal the hosts that may now be behind; forget those that caught up.
-
-        Runs whatever ``fatal_exceptions`` says: the rows are what makes turning it
-        off safe, so a failure that cannot be journaled raises JournalError. Override
-        to journal elsewhere.
-        """
-        if not journal.enabled():
-            return
-        ok = [outcome.host for outcome in outcomes if outcome.ok]
-        failed = [outcome for outcome in outcomes if not outcome.ok]
-        key = self.journal_key
-        if ok and key:
-            known = ordering.known_rows(key, name)
-            journal.safely(journal.clear, key, ok, name, seq, known=known)
-        if not failed:
-            return
-        if not key:
-            raise journal.JournalUnavailable(self._no_alias())
-        for outcome in failed:
-            journal.strictly(
-                journal.mark,
-                key,
-                [outcome.host],
-                name,
-                operation,
-                seq,
-                error=describe(outcome.error),
-                sources=ok if operation == "PUT" else [],
-            )
-
-    # --- repair -------------------------------------------------------------
+    def master_copy(self, name: str) -> Body:
+        """The master copy of ``name``, to upload; FileNotFoundError if there is none."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no local copy to upload from")
 
     def expected_state(self, name: str) -> bool:
         """Whether ``name`` should exist on the media servers (it exists in the master copy)."""
         raise NotImplementedError("Only storages with a master copy can derive the state")
 
-    @operation("SYNC")
+    # --- per-host operations (stable: may be passed to execute/execute_one) --------
+
+    @per_host(Put)
+    def put_file(self, host: str, name: str, body: Body | None = None) -> bool:
+        """Upload ``name`` to one host; from the master copy unless ``body`` is given.
+
+        Returns True if the host created the file, False if it replaced one.
+        """
+        return bool(Put(name, body, source=self.master_copy).run(self.transport(host)))
+
+    @per_host(Delete)
+    def delete_file(self, host: str, name: str) -> bool:
+        """Delete ``name`` on one host; a file that was already missing is only a warning."""
+        return bool(Delete(name).run(self.transport(host)))
+
+    @per_host("SYNC")
     def converge(self, host: str, name: str) -> str:
         """Bring one host in line with the master copy for ``name``; return the verb used.
 
@@ -476,6 +201,59 @@ class ReplicatedStorageMixin:
                 return "PUT"
             self.delete_file(host, name)
             return "DELETE"
+
+    # --- repair (process_failed_media asks the backend) ----------------------------
+
+    def planned_repair(self, row: PendingReplication) -> str:
+        """What repairing ``row`` would do now: PUT or DELETE, from the master copy."""
+        return "PUT" if self.expected_state(row.name) else "DELETE"
+
+    def repair(self, row: PendingReplication) -> str:
+        """Bring ``row``'s host in line; return the verb used. Raises if it is still behind."""
+        return self.converge(row.host, row.name)
+
+    # --- running replication -------------------------------------------------------
+
+    def locked(self, name: str) -> AbstractContextManager[int]:
+        """Hold the name's lock, shared by every process and app server; yield ``seq``."""
+        return self.replicator.locked(name)
+
+    def execute(self, func: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``func(host, name, *args, **kwargs)`` on every media server in parallel.
+
+        Runs under the name's lock and applies the failure policy; returns the per-host
+        outcomes. Stable API: override it (or :meth:`execute_one` on AsyncStorage) to
+        change how work runs.
+        """
+        operation = operation_for(func, name, args, kwargs, owner=self, source=self.master_copy)
+        return self.replicator.execute(operation)
+
+    def settle(
+        self,
+        operation: str,
+        name: str,
+        outcomes: list[Outcome],
+        *,
+        seq: int | None = None,
+        raising: bool = True,
+    ) -> None:
+        """Log each host's failure, record the outcomes, and raise as the policy says."""
+        self.replicator.settle(operation, name, outcomes, seq=seq, raising=raising)
+
+    def record_outcomes(
+        self,
+        operation: str,
+        name: str,
+        outcomes: list[Outcome],
+        *,
+        seq: int,
+        below_quorum: bool = False,
+    ) -> None:
+        """Journal the hosts that may now be behind; forget those that caught up.
+
+        Override to journal elsewhere.
+        """
+        self.replicator.record(operation, name, outcomes, seq=seq)
 
 
 @deconstructible(path="django_resto.storage.HybridStorage")
@@ -590,19 +368,21 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
         """
 
         def work(seq: int) -> list[Outcome]:
-            body = self._master_body(name)
+            try:
+                body: Body | None = self.master_copy(name)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                body = None
             if body is None:
                 return self.execute(self.delete_file, name)
             return self.execute(self.put_file, name, body)
 
-        return self._with_lock(name, "PUT", work)
+        return self.replicator.under_lock(name, "PUT", work)
 
-    def _master_body(self, name: str) -> FileBody | None:
-        try:
-            body = FileBody(self.path(name))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return body if os.path.isfile(body.path) else None
+    def master_copy(self, name: str) -> Body:
+        path = self.path(name)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{name} is a directory in the master copy")
+        return FileBody(path)
 
     def expected_state(self, name: str) -> bool:
         # Not exists(): with allow_overwrite, Django's exists() may answer False
@@ -614,12 +394,14 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
 class AsyncStorage(HybridStorage):
     """Like HybridStorage, but replication runs in the background.
 
-    Work goes to a bounded thread pool (``async_workers`` threads), so a burst of
-    uploads queues instead of starting a thread each. Failures are logged and
-    recorded, never raised: the request that saved the file has moved on. With
+    Work goes to a bounded thread pool (``async_workers`` threads, scheduling.py), so
+    a burst of uploads queues instead of starting a thread each. Failures are logged
+    and recorded, never raised: the request that saved the file has moved on. With
     ``replicate_with="tasks"`` the work goes to worker processes through Django's
     Tasks framework instead (see django_resto.tasks).
     """
+
+    resto_capabilities = Capabilities(master_copy=True, background=True)
 
     # Run later, replication must look at the master copy as it is then: converge
     # decides PUT or DELETE itself, for a save and a delete alike.
@@ -635,22 +417,10 @@ class AsyncStorage(HybridStorage):
         leaves rows that ``process_failed_media`` completes.
         """
         problem: JournalError | None = None
-        if journal.enabled() and self.hosts:
-            try:
-                if not self.journal_key:
-                    raise journal.JournalUnavailable(self._no_alias())
-                journal.strictly(
-                    journal.mark,
-                    self.journal_key,
-                    self.hosts,
-                    name,
-                    operation_of(func),
-                    journal.now_seq(),
-                    error="pending",
-                    attempted=False,
-                )
-            except journal.JournalUnavailable as exc:
-                problem = JournalError(operation_of(func), name, detail=str(exc))
+        try:
+            self.replicator.record_intent(verb_of(func), name)
+        except JournalError as exc:
+            problem = exc
         handles = [self.execute_one(func, host, name, *args, **kwargs) for host in self.hosts]
         if problem is not None:
             # Scheduled all the same (it may well succeed); the caller learns that a
@@ -671,49 +441,22 @@ class AsyncStorage(HybridStorage):
             from .tasks import enqueue_on_commit
 
             return enqueue_on_commit(self, func, host, name, *args, **kwargs)
-        executor = self._async_pool()
-        future = executor.submit(self._run_in_pool, func, host, name, *args, **kwargs)
-        with self._pending_lock:
-            self._pending.add(future)
-        future.add_done_callback(self._forget)
-        return future
-
-    def _run_in_pool(
-        self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
-    ) -> Outcome:
-        """:meth:`run_one` in a pool thread, which no request cycle tidies up after.
-
-        A connection to the journal's database that died (a restart, a failover) is
-        dropped before the task, so the thread reconnects instead of failing every
-        task after it; and the thread closes its connection when no work is left, so
-        idle pool threads hold no database sessions.
-        """
-        alias = ordering.journal_database()
-        db = connections[alias] if alias is not None else None
-        if db is not None and db.connection is not None and db.errors_occurred:
-            db.close_if_unusable_or_obsolete()
-        try:
-            return self.run_one(func, host, name, *args, **kwargs)
-        finally:
-            if db is not None:
-                with self._pending_lock:
-                    idle = len(self._pending) <= 1  # only this task's own future
-                if idle:
-                    db.close()
+        return self.background.submit(self.run_one, func, host, name, *args, **kwargs)
 
     def run_one(
         self, func: Callable[..., Any], host: str, name: str, *args: Any, **kwargs: Any
     ) -> Outcome:
         """Run ``func`` on one host now, under the name's lock, and apply the (non-raising)
         failure policy."""
-        operation = operation_of(func)
+        return self.replicator.run_one(func, verb_of(func), host, name, *args, **kwargs)
 
-        def work(seq: int) -> list[Outcome]:
-            outcome = call(func, host, name, *args, **kwargs)
-            self.settle(operation, name, [outcome], seq=seq, raising=False)
-            return [outcome]
-
-        return self._with_lock(name, operation, work, hosts=[host], raising=False)[0]
+    @property
+    def background(self) -> Background:
+        """This process's pool for the storage's background work, made on first use."""
+        found = self.__dict__.get("_background")
+        if found is None:
+            found = self.__dict__.setdefault("_background", Background(self.async_workers))
+        return cast(Background, found)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every scheduled replication has finished.
@@ -721,36 +464,9 @@ class AsyncStorage(HybridStorage):
         Returns False if ``timeout`` seconds passed first. Useful in tests and on
         shutdown; at interpreter exit the pool's threads also finish their queue.
         """
-        if "_pending_lock" not in self.__dict__:
+        if "_background" not in self.__dict__:
             return True  # nothing was ever scheduled in this process's pool
-        deadline = None if timeout is None else (timeout + time.monotonic())
-        while True:
-            with self._pending_lock:
-                pending = list(self._pending)
-            if not pending:
-                return True
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            _, not_done = concurrent.futures.wait(pending, timeout=remaining)
-            if not_done and deadline is not None and time.monotonic() >= deadline:
-                return False
-
-    def _async_pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        executor = self.__dict__.get("_async_executor")
-        if executor is None:
-            with self._transports_lock:
-                executor = self.__dict__.get("_async_executor")
-                if executor is None:
-                    self._pending: set[concurrent.futures.Future[Any]] = set()
-                    self._pending_lock = threading.Lock()
-                    executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=self.async_workers, thread_name_prefix="django_resto_async"
-                    )
-                    self._async_executor = executor
-        return executor
-
-    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
-        with self._pending_lock:
-            self._pending.discard(future)
+        return self.background.wait(timeout)
 
 
 class RemoteFile(File):
@@ -807,8 +523,10 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
 
     A save must reach ``min_replicas`` hosts (one by default) or it raises, even
     with ``fatal_exceptions`` off: with no master copy, a save that reached no host
-    would be a silent loss.
+    would be a silent loss. A lagging host is repaired from a host that has the file.
     """
+
+    resto_capabilities = Capabilities(master_copy=False, needs_hosts=True)
 
     extra_options = ("base_url",)
     default_min_replicas = 1
@@ -911,3 +629,14 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
 
     def path(self, name: str) -> str:
         raise NotImplementedError("DistributedStorage keeps no local copy: files have no path.")
+
+    def planned_repair(self, row: PendingReplication) -> str:
+        return "COPY" if row.operation == "PUT" and row.sources else "DELETE"
+
+    def repair(self, row: PendingReplication) -> str:
+        """Copy the file from a host that acknowledged it, or delete it where it was deleted."""
+        if row.operation != "PUT" or not row.sources:
+            self.delete_file(row.host, row.name)
+            return "DELETE"
+        _repair.copy_from_sources(self, row)
+        return "COPY"

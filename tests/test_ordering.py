@@ -403,7 +403,7 @@ def test_async_threads_reconnect_after_their_database_connection_died(settings, 
     storage = in_storages(settings, "bg", "AsyncStorage", hosts=[server.host], async_workers=1)
     storage.save("first.txt", ContentFile(b"1"))
     assert storage.wait(timeout=10)
-    pool = storage._async_pool()
+    pool = storage.background.executor
 
     def connected() -> bool:
         from django.db import connection as thread_connection

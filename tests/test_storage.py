@@ -297,7 +297,7 @@ def test_async_replicates_in_the_background(test_servers, media_root):
             name: (media_root / name).read_bytes() for name in names
         }
     assert rows() == []
-    assert storage._async_executor._max_workers == 2
+    assert storage.background.executor._max_workers == 2
 
 
 @pytest.mark.django_db(transaction=True)
