@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -28,9 +28,6 @@ from .fanout import FanOut, Outcome, call
 from .operations import Operation
 from .settings import Host, parse_host, resolve_options
 from .transport import HostTransport
-
-if TYPE_CHECKING:
-    from .storage import ReplicatedStorageMixin
 
 logger = logging.getLogger("django_resto.storage")
 
@@ -59,6 +56,23 @@ OPTION_NAMES = (
 )
 
 
+class Adapter(Protocol):
+    """What a Replicator asks of the storage it serves (storage.py's backends)."""
+
+    @property
+    def media_prefix(self) -> str: ...
+
+    def record_outcomes(
+        self,
+        operation: str,
+        name: str,
+        outcomes: list[Outcome],
+        *,
+        seq: int,
+        below_quorum: bool = False,
+    ) -> None: ...
+
+
 class Replicator:
     """Hosts, targets, fan-out, ordering, failure policy and journal of one storage.
 
@@ -68,7 +82,7 @@ class Replicator:
 
     def __init__(
         self,
-        storage: ReplicatedStorageMixin,
+        storage: Adapter,
         options: dict[str, Any],
         *,
         extra_options: tuple[str, ...] = (),
@@ -224,7 +238,7 @@ class Replicator:
         except ordering.LockTimeout as exc:
             targets = self.hosts if hosts is None else hosts
             outcomes = [Outcome(host, error=exc) for host in targets]
-            self.storage.settle(verb, name, outcomes, seq=journal.now_seq(), raising=raising)
+            self.settle(verb, name, outcomes, seq=journal.now_seq(), raising=raising)
             return outcomes
         except ordering.LockUnavailable as exc:
             # Nothing was sent, and nothing can be journaled: the hosts may be behind.
@@ -250,7 +264,7 @@ class Replicator:
 
         def work(seq: int) -> list[Outcome]:
             outcomes = self.fan_out(operation)
-            self.storage.settle(operation.verb, operation.name, outcomes, seq=seq)
+            self.settle(operation.verb, operation.name, outcomes, seq=seq)
             return outcomes
 
         return self.under_lock(operation.name, operation.verb, work)
@@ -263,7 +277,7 @@ class Replicator:
 
         def work(seq: int) -> list[Outcome]:
             outcome = call(func, host, name, *args, **kwargs)
-            self.storage.settle(verb, name, [outcome], seq=seq, raising=False)
+            self.settle(verb, name, [outcome], seq=seq, raising=False)
             return [outcome]
 
         return self.under_lock(name, verb, work, hosts=[host], raising=False)[0]

@@ -35,13 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.db import connection as db_connection
 from django.db import transaction
-from django.utils.module_loading import import_string
 
-from . import journal
+from . import journal, registry
 from .exceptions import describe
 from .listing import DEFAULT_WORKERS, HEAD, Listing, ListingError, list_host, probe_names
 from .names import validate_name
@@ -56,7 +54,6 @@ __all__ = [
     "hash_remote",
     "master_files",
     "repair",
-    "storage_class",
 ]
 
 Tick = Callable[[], None]
@@ -164,20 +161,6 @@ class SyncReport:
             "notes": self.notes,
             "hosts": [host.to_dict() for host in self.hosts],
         }
-
-
-def storage_class(alias: str) -> type:
-    """The class STORAGES[alias] names, or ``object`` when it cannot be imported.
-
-    The commands pick their storages by class before creating any: instantiating an
-    unrelated backend (staticfiles without STATIC_URL, a cloud storage without
-    credentials) can fail on settings they do not need.
-    """
-    try:
-        backend = import_string(settings.STORAGES[alias].get("BACKEND", ""))
-    except ImportError:
-        return object
-    return backend if isinstance(backend, type) else object
 
 
 # --- the master copy ----------------------------------------------------------------
@@ -289,9 +272,8 @@ class _LocalHashes:
 
 
 def _has_master(storage: Any) -> bool:
-    from .storage import HybridStorage
-
-    return isinstance(storage, HybridStorage)
+    capabilities = registry.capabilities_of(storage)
+    return capabilities is not None and capabilities.master_copy
 
 
 def _compare(

@@ -32,6 +32,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
+from . import registry
 from .exceptions import describe
 
 logger = logging.getLogger("django_resto")
@@ -73,11 +74,9 @@ def replicate(storage_alias: str, host: str, name: str) -> dict[str, Any]:
     whereas the Tasks framework has no retry of its own. A configuration that cannot
     run the task at all (unknown alias) does raise, so the task shows as failed.
     """
-    from .repair import resto_storage
-    from .storage import AsyncStorage
-
-    storage = resto_storage(storage_alias)
-    if not isinstance(storage, AsyncStorage):
+    storage = registry.storage(storage_alias)
+    capabilities = registry.capabilities_of(storage)
+    if storage is None or capabilities is None or not capabilities.background:
         raise ImproperlyConfigured(
             f"STORAGES[{storage_alias!r}] is not a django_resto AsyncStorage in this "
             f"process: cannot replicate {name!r} to {host}. The journal keeps the row."

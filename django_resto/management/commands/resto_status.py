@@ -28,11 +28,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from django_resto import journal
+from django_resto import journal, registry
 from django_resto.exceptions import describe
 from django_resto.management.options import add_storage_option
-from django_resto.storage import ReplicatedStorageMixin
-from django_resto.sync import storage_class
 
 DEFAULT_TIMEOUT = 2.0
 
@@ -170,7 +168,7 @@ class Command(BaseCommand):
         for alias in dict.fromkeys(aliases or configured):
             if alias not in configured:
                 raise CommandError(f"{alias!r} is not in STORAGES", returncode=2)
-            if issubclass(storage_class(alias), ReplicatedStorageMixin):
+            if registry.backend_class(alias) is not None:
                 found.append((alias, storages[alias]))
             elif aliases:
                 raise CommandError(

@@ -16,11 +16,11 @@ from django.conf import settings
 from django.core.files.storage import storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_resto import registry
 from django_resto.listing import DEFAULT_WORKERS, METHODS
 from django_resto.management.options import add_host_option, add_storage_option
 from django_resto.progress import Progress, command_stream
-from django_resto.storage import DistributedStorage, HybridStorage, ReplicatedStorageMixin
-from django_resto.sync import HostReport, SyncReport, audit, repair, storage_class
+from django_resto.sync import HostReport, SyncReport, audit, repair
 
 #: Names listed per category in the text output unless -v 2 asks for all of them.
 SHOWN = 20
@@ -90,7 +90,9 @@ class Command(BaseCommand):
         targets = self._storages(options["storages"])
         modifying = options["repair"] or options["delete_extra"]
         for alias, storage in targets:
-            if isinstance(storage, DistributedStorage) and (modifying or options["checksum"]):
+            capabilities = registry.capabilities_of(storage)
+            master_copy = capabilities is not None and capabilities.master_copy
+            if not master_copy and (modifying or options["checksum"]):
                 raise _usage(
                     f"STORAGES[{alias!r}] is a DistributedStorage: it has no master copy, so "
                     "resto_sync only compares its hosts with each other (no --checksum, "
@@ -152,17 +154,13 @@ class Command(BaseCommand):
             for alias in dict.fromkeys(aliases):
                 if alias not in configured:
                     raise _usage(f"{alias!r} is not in STORAGES")
-                if not issubclass(storage_class(alias), ReplicatedStorageMixin):
+                if registry.backend_class(alias) is None:
                     raise _usage(f"STORAGES[{alias!r}] is not a django_resto storage")
                 found.append((alias, storages[alias]))
             return found
         # Classes first: instantiating an unrelated backend (staticfiles) can fail on
         # settings this command does not need.
-        found = [
-            (alias, storages[alias])
-            for alias in configured
-            if issubclass(storage_class(alias), HybridStorage)
-        ]
+        found = [(alias, storages[alias]) for alias in registry.aliases(master_copy=True)]
         if not found:
             raise _usage(
                 "No HybridStorage or AsyncStorage in STORAGES; name a DistributedStorage "
