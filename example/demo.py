@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO_DIR))
 
 import requests  # noqa: E402
 
-from django_resto.http_server import TestHttpServer  # noqa: E402
+from django_resto.testing import TestHttpServer  # noqa: E402
 from tests.servers import LighttpdDav, NginxDav, RealServerError, free_port  # noqa: E402
 
 #: Seconds for one HTTP request, one management command, the site to start or stop.

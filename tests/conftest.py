@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from django_resto.http_server import TestHttpServer
+from django_resto.testing import TestHttpServer
 from tests.pg import PostgresCluster
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from django_resto import http_server
-from django_resto.http_server import TEMP_PREFIX, RequestRecord, TestHttpServer
+from django_resto.testing import http_server
+from django_resto.testing.http_server import TEMP_PREFIX, RequestRecord, TestHttpServer
 
 TIMEOUT = 5
 DAV = "{DAV:}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from django_resto.http_server import TestHttpServer
+from django_resto.testing import TestHttpServer
 from tests.servers import (
     MEDIA_SERVER_KINDS,
     LighttpdDav,
