@@ -20,8 +20,8 @@ from django.core.files.storage import storages
 from django.core.management import CommandError, call_command
 
 from django_resto import journal, listing
+from django_resto.management.progress import Progress
 from django_resto.models import PendingReplication
-from django_resto.progress import Progress
 from django_resto.sync import master_files
 from tests.servers import MediaServer, media_server_factory  # noqa: F401 - fixture
 

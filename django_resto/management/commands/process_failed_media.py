@@ -13,8 +13,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_resto.management.options import add_host_option, add_storage_option
+from django_resto.management.progress import Progress, command_stream
 from django_resto.models import PendingReplication
-from django_resto.progress import Progress, command_stream
 from django_resto.repair import repair_rows, resto_aliases
 
 

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django_resto import registry
 from django_resto.listing import DEFAULT_WORKERS, METHODS
 from django_resto.management.options import add_host_option, add_storage_option
-from django_resto.progress import Progress, command_stream
+from django_resto.management.progress import Progress, command_stream
 from django_resto.sync import HostReport, SyncReport, audit, repair
 
 #: Names listed per category in the text output unless -v 2 asks for all of them.
