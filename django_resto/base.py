@@ -18,7 +18,8 @@ from .operations import Delete, Put, operation_for, per_host
 from .registry import Capabilities
 from .replicator import Replicator
 from .settings import media_path
-from .transport import Body, HostTransport
+from .targets import DavTarget
+from .transport import Body
 
 if TYPE_CHECKING:
     from .models import PendingReplication
@@ -110,7 +111,7 @@ class ReplicatedStorageMixin:
         # FileSystemStorage's (Hybrid, Async) or DistributedStorage's own.
         return media_path(getattr(self, "base_url", None))
 
-    def transport(self, host: str) -> HostTransport:
+    def transport(self, host: str) -> DavTarget:
         """The pooled HTTP transport to ``host`` (rebuilt if MEDIA_URL changed)."""
         return self.replicator.target(host)
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .wire import INLINE_BODY
 
 if TYPE_CHECKING:
-    from .transport import Body, HostTransport
+    from .targets import Target
+    from .transport import Body
 
 logger = logging.getLogger("django_resto.storage")
 
@@ -44,11 +45,11 @@ class Operation:
         """Whether :meth:`start` only writes to the target and never waits for it."""
         return False
 
-    def start(self, target: HostTransport) -> Callable[[], Any]:
+    def start(self, target: Target) -> Callable[[], Any]:
         """Put the step on its way to ``target``; the returned callable waits for it."""
         return lambda: self.run(target)
 
-    def run(self, target: HostTransport) -> Any:
+    def run(self, target: Target) -> Any:
         return self.start(target)()
 
     def __repr__(self) -> str:
@@ -78,7 +79,7 @@ class Put(Operation):
     def phased(self) -> bool:
         return self.body is not None and self.body.size <= INLINE_BODY
 
-    def start(self, target: HostTransport) -> Callable[[], bool]:
+    def start(self, target: Target) -> Callable[[], bool]:
         body = self.body
         if body is None:
             if self.source is None:
@@ -89,7 +90,7 @@ class Put(Operation):
         def answered() -> bool:
             created = finish().created
             if not created:
-                logger.info("PUT on existing file %s on %s", self.name, target.host.name)
+                logger.info("PUT on existing file %s on %s", self.name, target.label)
             return created
 
         return answered
@@ -104,13 +105,13 @@ class Delete(Operation):
     def phased(self) -> bool:
         return True
 
-    def start(self, target: HostTransport) -> Callable[[], bool]:
+    def start(self, target: Target) -> Callable[[], bool]:
         finish = target.start_delete(self.name)
 
         def answered() -> bool:
             existed = finish()
             if not existed:
-                logger.warning("DELETE on missing file %s on %s", self.name, target.host.name)
+                logger.warning("DELETE on missing file %s on %s", self.name, target.label)
             return existed
 
         return answered
@@ -132,8 +133,8 @@ class Call(Operation):
         self.kwargs = dict(kwargs or {})
         self.verb = verb_of(func)  # type: ignore[misc]  # per instance: the callable's own
 
-    def run(self, target: HostTransport) -> Any:
-        return self.func(target.host.name, self.name, *self.args, **self.kwargs)
+    def run(self, target: Target) -> Any:
+        return self.func(target.label, self.name, *self.args, **self.kwargs)
 
 
 def per_host(kind: type[Operation] | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -27,7 +27,7 @@ from .exceptions import JournalError, JournalUnavailable, ReplicationError, desc
 from .fanout import FanOut, Outcome, call
 from .operations import Operation
 from .settings import Host, parse_host, resolve_options
-from .transport import HostTransport
+from .targets import DavTarget
 
 logger = logging.getLogger("django_resto.storage")
 
@@ -129,7 +129,7 @@ class Replicator:
         self.task_queue: str = resolved["task_queue"]
         self.listing_prefix: str = resolved["listing_prefix"]
         self.fanout = FanOut(self.max_workers)
-        self._targets: dict[str, HostTransport] = {}
+        self._targets: dict[str, DavTarget] = {}
         self._lock = threading.Lock()
         self._journal_key: str | None = None
 
@@ -170,8 +170,8 @@ class Replicator:
 
     # --- targets ----------------------------------------------------------------------
 
-    def target(self, host: str) -> HostTransport:
-        """The pooled HTTP transport to ``host`` (rebuilt if MEDIA_URL changed)."""
+    def target(self, host: str) -> DavTarget:
+        """The target for ``host``: its pooled HTTP transport (rebuilt if MEDIA_URL changed)."""
         prefix = self.storage.media_prefix
         current = self._targets.get(host)
         if current is not None and current.prefix == prefix:
@@ -181,7 +181,7 @@ class Replicator:
             if current is None or current.prefix != prefix:
                 if host not in self._hosts:
                     raise ValueError(f"{host!r} is not one of this storage's hosts")
-                current = HostTransport(
+                current = DavTarget(
                     self._hosts[host],
                     prefix,
                     timeout=self.timeout,
