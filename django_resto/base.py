@@ -69,6 +69,8 @@ class ReplicatedStorageMixin:
     connect_timeout: _Option[float | None] = _Option()
     min_transfer_rate: _Option[float] = _Option()
     lock_timeout: _Option[float] = _Option()
+    breaker_window: _Option[float] = _Option()
+    breaker_max_window: _Option[float] = _Option()
     journal_alias: _Option[str | None] = _Option()
     fatal_exceptions: _Option[bool] = _Option()
     show_traceback: _Option[bool] = _Option()

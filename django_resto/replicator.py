@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from django.core.exceptions import ImproperlyConfigured
 
 from . import journal, ordering, registry
+from .breaker import Breaker, breaker_for
 from .exceptions import JournalError, JournalUnavailable, ReplicationError, describe
 from .fanout import FanOut, Outcome, call
 from .operations import Operation
@@ -42,6 +43,8 @@ OPTION_NAMES = (
     "min_transfer_rate",
     "lock_timeout",
     "journal_alias",
+    "breaker_window",
+    "breaker_max_window",
     "fatal_exceptions",
     "show_traceback",
     "verify",
@@ -106,6 +109,13 @@ class Replicator:
         self.min_transfer_rate: float = resolved["min_transfer_rate"]
         self.lock_timeout: float = resolved["lock_timeout"]
         self.journal_alias: str | None = resolved["journal_alias"]
+        self.breaker_window: float = resolved["breaker_window"]
+        self.breaker_max_window: float = resolved["breaker_max_window"]
+        if self.breaker_max_window < self.breaker_window:
+            raise ImproperlyConfigured(
+                f"breaker_max_window={self.breaker_max_window:g} in {label} is shorter than "
+                f"breaker_window={self.breaker_window:g}."
+            )
         self.fatal_exceptions: bool = resolved["fatal_exceptions"]
         self.show_traceback: bool = resolved["show_traceback"]
         self.verify: bool | str = resolved["verify"]
@@ -253,11 +263,42 @@ class Replicator:
     # --- running an operation ---------------------------------------------------------
 
     def fan_out(self, operation: Operation, hosts: Sequence[str] | None = None) -> list[Outcome]:
-        """Run ``operation`` on every host (or ``hosts``) at once; one outcome per host."""
+        """Run ``operation`` on every host (or ``hosts``) at once; one outcome per host.
+
+        A host whose breaker is open gets its failure at once, and is not sent anything.
+        """
         chosen = self.hosts if hosts is None else hosts
+        if not self.breaker_window:
+            return self._send(operation, chosen)
+        held: dict[str, Outcome] = {}
+        for host in chosen:
+            refusal = self.breaker(host).admit(host)
+            if refusal is not None:
+                held[host] = Outcome(host, error=refusal)
+        sent = self._send(operation, [host for host in chosen if host not in held])
+        for outcome in sent:
+            self._learn(outcome)
+        answered = {outcome.host: outcome for outcome in sent}
+        return [held.get(host) or answered[host] for host in chosen]
+
+    def _send(self, operation: Operation, hosts: Sequence[str]) -> list[Outcome]:
         if operation.phased:
-            return self.fanout.run_started(lambda host: operation.start(self.target(host)), chosen)
-        return self.fanout.run(lambda host: operation.run(self.target(host)), chosen)
+            return self.fanout.run_started(lambda host: operation.start(self.target(host)), hosts)
+        return self.fanout.run(lambda host: operation.run(self.target(host)), hosts)
+
+    # --- the dead-host breaker (breaker.py) -------------------------------------------
+
+    def breaker(self, host: str) -> Breaker:
+        return breaker_for(self._hosts[host].origin)
+
+    def breaker_state(self, host: str) -> str:
+        """ "closed", "open" or "half-open"; "off" when this storage does not use one."""
+        return self.breaker(host).state() if self.breaker_window else "off"
+
+    def _learn(self, outcome: Outcome) -> None:
+        self.breaker(outcome.host).record(
+            outcome.error, window=self.breaker_window, max_window=self.breaker_max_window
+        )
 
     def execute(self, operation: Operation) -> list[Outcome]:
         """Run ``operation`` on every host under the name's lock, and apply the policy."""
@@ -276,7 +317,13 @@ class Replicator:
         the (non-raising) failure policy: the background's way of running work."""
 
         def work(seq: int) -> list[Outcome]:
-            outcome = call(func, host, name, *args, **kwargs)
+            refusal = self.breaker(host).admit(host) if self.breaker_window else None
+            if refusal is not None:
+                outcome = Outcome(host, error=refusal)
+            else:
+                outcome = call(func, host, name, *args, **kwargs)
+                if self.breaker_window:
+                    self._learn(outcome)
             self.settle(verb, name, [outcome], seq=seq, raising=False)
             return [outcome]
 

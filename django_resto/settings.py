@@ -8,14 +8,17 @@ know one know the other, and it keeps django-resto 1.x settings working as-is.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+# Hosts belong to the transport layer; re-exported here so that
+# ``from django_resto.settings import Host, parse_host`` keeps working.
+from .hosts import Host as Host
+from .hosts import parse_host as parse_host
 
 # Characters that would end or split an HTTP header line if sent in a credential.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -38,6 +41,11 @@ OPTIONS: dict[str, tuple[str | None, Any]] = {
     # How long an operation waits for the per-name lock another process holds before it
     # fails (journaled): see ordering.py.
     "lock_timeout": ("RESTO_LOCK_TIMEOUT", 10),
+    # The dead-host breaker (breaker.py): after a host fails, operations on it fail at
+    # once for this many seconds, then one probes it; each failed probe doubles the
+    # window, up to breaker_max_window. 0 turns the breaker off.
+    "breaker_window": ("RESTO_BREAKER_WINDOW", 5),
+    "breaker_max_window": ("RESTO_BREAKER_MAX_WINDOW", 60),
     "fatal_exceptions": ("RESTO_FATAL_EXCEPTIONS", True),
     "show_traceback": ("RESTO_SHOW_TRACEBACK", False),
     "verify": ("RESTO_VERIFY", True),
@@ -191,6 +199,10 @@ def _validate(option: str, value: Any, source: str) -> Any:
         if not isinstance(value, str) or value not in REPLICATE_WITH:
             raise fail(" or ".join(repr(choice) for choice in REPLICATE_WITH))
         return value
+    if option in ("breaker_window", "breaker_max_window"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise fail("a number of seconds (0 or more)")
+        return float(value)
     if option == "min_transfer_rate":
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise fail("a positive number of bytes per second")
@@ -213,58 +225,6 @@ def _validate(option: str, value: Any, source: str) -> Any:
             raise fail("a non-empty name without surrounding spaces")
         return value
     raise AssertionError(f"no validation for option {option!r}")  # pragma: no cover
-
-
-@dataclass(frozen=True)
-class Host:
-    """A media server: the name used in logs and the journal, and its origin URL."""
-
-    name: str
-    origin: str
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def parse_host(host: str) -> Host:
-    """Turn ``name:port`` or ``https://name:port`` into a :class:`Host`.
-
-    Credentials inside the URL are refused rather than used: they would end up in
-    every log line and exception message that names the host.
-    """
-    if not isinstance(host, str) or not host.strip() or host != host.strip():
-        raise ValueError(f"{host!r} is not a host name")
-    url = host if "://" in host else f"http://{host}"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{host!r} is malformed: {exc}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{host!r} must use http or https, not {parts.scheme!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            "a host must not contain credentials; use the 'auth' or 'token' option instead"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(
-            f"{host!r} must be only scheme, name and port; the path comes from base_url (MEDIA_URL)"
-        )
-    hostname = parts.hostname
-    if not hostname:
-        raise ValueError(f"{host!r} has no host name")
-    if any(c in hostname for c in " /\\@?#") or any(ord(c) < 33 for c in hostname):
-        raise ValueError(f"{host!r} has an invalid host name")
-    if port is not None and port == 0:
-        raise ValueError(f"{host!r} has an invalid port 0")
-    try:
-        is_ipv6 = ipaddress.ip_address(hostname).version == 6
-    except ValueError:
-        is_ipv6 = False
-    netloc = f"[{hostname}]" if is_ipv6 else hostname
-    if port is not None:
-        netloc = f"{netloc}:{port}"
-    return Host(name=host, origin=f"{parts.scheme}://{netloc}")
 
 
 def media_path(base_url: str | None) -> str:

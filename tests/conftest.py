@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from django_resto import breaker
 from django_resto.testing import TestHttpServer
 from tests.pg import PostgresCluster
 
@@ -61,6 +62,15 @@ def test_servers() -> Iterator[Callable[..., list[TestHttpServer]]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers():
+    """Breakers are per process and keyed by origin: a port reused by a later test's
+    server must not find the breaker an earlier test's dead server opened."""
+    breaker.reset_all()
+    yield
+    breaker.reset_all()
 
 
 @pytest.fixture

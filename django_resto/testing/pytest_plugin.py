@@ -2,8 +2,9 @@
 
 pytest loads this module by itself once django_resto is installed (the
 ``pytest11`` entry point in pyproject.toml); without pytest it is never imported.
-It imports neither Django nor the storages, so it costs a project that does not
-use the fixture nothing, and works before Django is configured.
+It imports neither Django nor the storages (only the breaker, plain Python), so it
+costs a project that does not use the fixture nothing, and works before Django is
+configured.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ..breaker import forget
 from .http_server import TestHttpServer
 
 __all__ = ["media_server"]
@@ -40,6 +42,8 @@ def media_server(request: pytest.FixtureRequest) -> Iterator[TestHttpServer]:
     options = dict(marker.kwargs) if marker is not None else {}
     options.setdefault("base_path", _media_url_path())
     with TestHttpServer(**options) as server:
+        # A port an earlier test's dead server had: this process's breaker may hold it.
+        forget(server.url)
         yield server
 
 
