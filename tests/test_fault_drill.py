@@ -446,6 +446,9 @@ def drill_storage(settings, media_server_factory):
                 "fatal_exceptions": False,
                 "allow_overwrite": True,
                 "timeout": TIMEOUT,
+                # Each fault here must cause exactly the failures the drill expects of
+                # it; the breaker adds failures on purpose (tests/test_breaker.py).
+                "breaker_window": 0,
             },
         },
     }
