@@ -8,19 +8,27 @@ a fresh directory below ``tmp_dir``. They offer the same interface as
 ``listing_prefix``, ``start``, ``stop``, ``restart``, context manager), so a test can be
 parametrized over the four kinds of media server.
 
+Their configuration is the one roles/nginx_dav and roles/lighttpd_dav deploy, rendered
+from the roles' templates by tests/role_configs.py with the roles' defaults and, as
+inventory variables, what one test server must change: the loopback address and port, the
+media root, the upload buffer, the pid file and the logs in the server's directory, the
+credentials and the TLS files a test asks for. ``role_vars`` adds or replaces role
+variables (``nginx_dav_front_enabled``, ``media_dav_trusted_networks``, ...); the roles'
+own checks and argument specs validate them, as in a play.
+
 The servers run in their own process group. ``stop()`` (also called by ``__exit__``, the
 fixtures' teardown and, as a last resort, a ``weakref.finalize`` hook at garbage collection
 or interpreter exit) sends SIGTERM to the group, then SIGKILL after a bounded wait, so no
 nginx worker outlives a failed test.
 
-Running as root (the case in our containers and CI): nginx's master drops the workers to an
-unprivileged user (``nobody`` by default), which could neither traverse pytest's ``tmp_path``
-(``/tmp/pytest-of-root`` is mode 0700) nor write the root, and PUT would answer 500
-(``rename() ... Permission denied``). Rather than chmod'ing the directories up to ``/tmp`` we
-write ``user root root;`` in the test configuration: the workers then run as the test process
-does, own what they write, and pytest can clean the tree up. lighttpd 1.4.69 runs as root
-when ``server.username`` is not set (it only switches users when told to), so nothing is
-needed there. As a non-root user, both servers simply run as that user.
+The roles make the servers write as www-data. A test server writes as the user that runs
+the tests instead: pytest's ``tmp_path`` (``/tmp/pytest-of-root`` is mode 0700) is not
+www-data's to write, and pytest must be able to clean the tree up. As root (our
+containers and CI), nginx's main configuration (the test's own, around the role's site)
+says ``user root root;``, since nginx would otherwise drop its workers to ``nobody``, and
+PUT would answer 500 (``rename() ... Permission denied``); lighttpd gets
+``lighttpd_dav_user`` and ``lighttpd_dav_group`` empty, so it stays the user that started
+it (it refuses to switch to uid 0). As a non-root user, both simply run as that user.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +52,8 @@ from typing import Any, Self
 
 import pytest
 
-from django_resto.http_server import TestHttpServer
+from django_resto.testing import TestHttpServer
+from tests import role_configs
 
 __all__ = [
     "MEDIA_SERVER_KINDS",
@@ -263,18 +272,23 @@ class _RealServer:
         credentials: tuple[str, str] | None = None,
         *,
         port: int = 0,
+        role_vars: Mapping[str, Any] | None = None,
     ) -> None:
         if not base_path.startswith("/"):
             raise ValueError(f"base_path must start with '/', got {base_path!r}")
         self.base_path = base_path if base_path.endswith("/") else base_path + "/"
         self.credentials = credentials
+        self.role_vars = dict(role_vars or {})
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"{self.kind}-", dir=tmp_dir))
         self.docroot = self.work_dir / "htdocs"
-        # The document root maps URL "/", so the media root is docroot + base_path: URLs
-        # under base_path and file names below root match one to one.
+        # The media root (media_dav_root) is docroot + base_path: URLs under base_path and
+        # file names below root match one to one, and with base_path "/" root is docroot.
         self._root = self.docroot.joinpath(*[p for p in self.base_path.split("/") if p])
-        self.temp_dir = self.work_dir / "tmp"  # request bodies: same filesystem as root
+        # The upload buffer (media_dav_upload_temp_path): outside the root, on its filesystem.
+        self.temp_dir = self.work_dir / "tmp"
         self.config_file = self.work_dir / f"{self.kind}.conf"
+        self.pid_file = self.work_dir / f"{self.kind}.pid"
+        self.password_file = self.work_dir / "htpasswd"
         self.error_log = self.work_dir / "error.log"
         self.access_log = self.work_dir / "access.log"
         self.output_log = self.work_dir / "output.log"  # the process's stdout and stderr
@@ -284,13 +298,62 @@ class _RealServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- configuration -------------------------------------------------------------------
+
+    def role_variables(self) -> dict[str, Any]:
+        """The inventory variables of this server: media_dav's, then the subclass's, then
+        ``role_vars``."""
+        variables: dict[str, Any] = {
+            "media_dav_listen_address": "127.0.0.1",
+            "media_dav_port": self._port,
+            "media_dav_root": str(self._root),
+            "media_dav_url_prefix": self.base_path,
+            "media_dav_upload_temp_path": str(self.temp_dir),
+            # Tests upload files of several MiB; the roles' default is 64.
+            "media_dav_max_upload_mib": 1024,
+            "media_dav_auth_realm": REALM,
+            "media_dav_htpasswd_path": str(self.password_file),
+        }
+        if self.credentials is not None:
+            user, password = self.credentials
+            variables.update(media_dav_write_user=user, media_dav_write_password=password)
+        variables.update(self.server_variables())
+        variables.update(self.role_vars)
+        return variables
+
+    def server_variables(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The web server's own role variables."""
+        raise NotImplementedError
 
     def config(self) -> str:  # pragma: no cover - abstract
+        """The configuration file's text, rendered from the role."""
         raise NotImplementedError
 
     def command(self) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def write_password_file(self, user: str, password: str) -> None:
+        """Write the htpasswd file as roles/media_dav does: an apr1 (Apache MD5) hash,
+        which both servers read (made with the openssl CLI, as the TLS files are)."""
+        binary = shutil.which("openssl")
+        if binary is None:
+            raise RealServerError(
+                "openssl binary not found in PATH: install it (apt-get install openssl); "
+                "the credentials tests need it to hash the password as the roles do."
+            )
+        result = subprocess.run(
+            [binary, "passwd", "-apr1", "-stdin"],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RealServerError(f"openssl passwd -apr1 failed: {result.stderr.strip()}")
+        self.password_file.write_text(f"{user}:{result.stdout.strip()}\n")
+
+    # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> Self:
         """Start the server and wait until it accepts connections."""
@@ -312,7 +375,11 @@ class _RealServer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spawn(self) -> None:
-        self.config_file.write_text(self.config())
+        try:
+            text = self.config()
+        except role_configs.RoleCheckError as error:
+            raise RealServerError(f"{self.kind}: the role refuses the variables: {error}") from None
+        self.config_file.write_text(text)
         if self.credentials is not None:
             user, password = self.credentials
             self.write_password_file(user, password)
@@ -395,9 +462,6 @@ class _RealServer:
         except OSError:
             return "(not written)"
 
-    def write_password_file(self, user: str, password: str) -> None:  # pragma: no cover
-        raise NotImplementedError
-
     def __enter__(self) -> Self:
         if self._process is None:
             self.start()
@@ -460,7 +524,7 @@ class _RealServer:
 
     def names(self) -> list[str]:
         """Sorted relative names of every file below root."""
-        names = []
+        names: list[str] = []
         for dirpath, _dirnames, filenames in os.walk(self._root):
             relative = Path(dirpath).relative_to(self._root)
             names.extend((relative / filename).as_posix() for filename in filenames)
@@ -475,19 +539,28 @@ class _RealServer:
         return f"<{type(self).__name__} {state} base_path={self.base_path!r}>"
 
 
+#: The access log's format: $connection and $connection_requests let tests check that
+#: clients reuse kept-alive connections; over TLS the line ends with tls=<protocol>.
+NGINX_LOG_FORMAT = (
+    '$remote_addr "$request" $status $body_bytes_sent '
+    "connection=$connection requests=$connection_requests"
+)
+
+
 class NginxDav(_RealServer):
-    """nginx with ``dav_methods PUT DELETE; create_full_put_path on;`` (like our role).
+    """nginx serving roles/nginx_dav's site (``dav_methods PUT DELETE;
+    create_full_put_path on;``).
 
     The media files are served under ``base_path``; an ``autoindex_format json`` listing of
-    the same root is served under ``/_resto/list/``. With ``credentials``, every method but
-    GET and HEAD on media, and the listing, need HTTP Basic auth.
+    the same root is served under ``/_resto/list/`` (``nginx_dav_listing_prefix``). With
+    ``credentials``, every method but GET and HEAD on media, and the listing, need HTTP
+    Basic auth; loopback is trusted (the role's default ``media_dav_trusted_networks``).
 
     With ``tls`` (see ``make_tls_files``) nginx speaks only HTTPS on its port, with that
     certificate; ``host`` and ``url`` are then ``https://127.0.0.1:PORT`` (a host in the
     library's URL form) and the access log ends with ``tls=<protocol>``. ``tls_protocols``
-    is nginx's ``ssl_protocols``: nginx 1.22 defaults to TLSv1.2 at most when the config
-    does not say (TLSv1.3 joined the default in 1.23.4; Debian's own nginx.conf enables
-    it), so we name both.
+    is nginx's ``ssl_protocols``, which Debian's nginx.conf sets in its http block (to
+    TLSv1 to TLSv1.3); here both TLS 1.2 and 1.3 by default.
     """
 
     kind = "nginx"
@@ -504,10 +577,12 @@ class NginxDav(_RealServer):
         port: int = 0,
         tls: TlsFiles | None = None,
         tls_protocols: str = "TLSv1.2 TLSv1.3",
+        role_vars: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(tmp_dir, base_path, credentials, port=port)
+        super().__init__(tmp_dir, base_path, credentials, port=port, role_vars=role_vars)
         self.tls = tls
         self.tls_protocols = tls_protocols
+        self.listing_prefix = self.role_vars.get("nginx_dav_listing_prefix", self.listing_prefix)
 
     @property
     def host(self) -> str:
@@ -543,78 +618,42 @@ class NginxDav(_RealServer):
             str(self.config_file),
         ]
 
-    def write_password_file(self, user: str, password: str) -> None:
-        # nginx understands the "{PLAIN}" scheme: no crypt() needed (the crypt module is
-        # deprecated and gone in Python 3.13).
-        (self.work_dir / "htpasswd").write_text(f"{user}:{{PLAIN}}{password}\n")
+    def server_variables(self) -> dict[str, Any]:
+        variables: dict[str, Any] = {
+            "nginx_dav_access_log": str(self.access_log),
+            "nginx_dav_access_log_format": "resto",
+            "nginx_dav_error_log": str(self.error_log),
+        }
+        if self.tls is not None:
+            variables.update(
+                media_dav_tls_certificate=str(self.tls.cert),
+                media_dav_tls_certificate_key=str(self.tls.key),
+            )
+        return variables
 
     def config(self) -> str:
-        temp = self.temp_dir
-        auth = ""
-        if self.credentials is not None:
-            auth = f'auth_basic "{REALM}"; auth_basic_user_file {self.work_dir}/htpasswd;'
-        media_auth = f"limit_except GET {{ {auth} }}" if auth else ""  # GET implies HEAD
-        user = "user root root;" if os.geteuid() == 0 else ""  # see the module docstring
-        listen, tls_log, tls_config = f"127.0.0.1:{self._port}", "", ""
-        if self.tls is not None:
-            listen += " ssl"
-            tls_log = " tls=$ssl_protocol"
-            tls_config = (
-                f"\n        ssl_certificate {self.tls.cert};"
-                f"\n        ssl_certificate_key {self.tls.key};"
-                f"\n        ssl_protocols {self.tls_protocols};"
-            )
-        return f"""\
-# Generated by tests/servers.py for one test run.
-daemon off;
-master_process on;
-worker_processes 1;
-{user}
-pid {self.work_dir}/nginx.pid;
-error_log {self.error_log} info;
-events {{ worker_connections 512; }}
-http {{
-    default_type application/octet-stream;
-    types {{ image/jpeg jpg jpeg; image/png png; text/plain txt; }}
-    # $connection in the log lets tests check that clients reuse keep-alive connections.
-    log_format resto '$remote_addr "$request" $status $body_bytes_sent '
-                     'connection=$connection requests=$connection_requests{tls_log}';
-    access_log {self.access_log} resto;
-    sendfile on;
-    keepalive_timeout 65;
-    keepalive_requests 100000;
-    client_max_body_size 1g;
-    client_body_temp_path {temp}/client_body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    server {{
-        listen {listen};
-        server_name localhost;{tls_config}
-        location {self.base_path} {{
-            root {self.docroot};
-            dav_methods PUT DELETE;
-            create_full_put_path on;
-            dav_access user:rw group:r all:r;
-            {media_auth}
-        }}
-        location {self.listing_prefix} {{
-            alias {self._root}/;
-            autoindex on;
-            autoindex_format json;
-            {auth}
-        }}
-    }}
-}}
-"""
+        site = role_configs.nginx_site(self.role_variables())
+        log_format = NGINX_LOG_FORMAT + (" tls=$ssl_protocol" if self.tls is not None else "")
+        main = role_configs.NginxMain(
+            pid_file=self.pid_file,
+            error_log=self.error_log,
+            temp_dir=self.temp_dir,
+            user="root root" if os.geteuid() == 0 else None,  # see the module docstring
+            ssl_protocols=self.tls_protocols if self.tls is not None else None,
+            log_formats={"resto": log_format},
+            # Benchmarks and keep-alive tests send many requests on one connection.
+            keepalive_requests=100_000,
+        )
+        return role_configs.nginx_main_config(site, main)
 
 
 class LighttpdDav(_RealServer):
-    """lighttpd 1.4 with mod_webdav enabled under ``base_path`` (strict WebDAV).
+    """lighttpd 1.4 with roles/lighttpd_dav's lighttpd.conf: mod_webdav under ``base_path``
+    (strict WebDAV).
 
     PUT into a missing collection answers 409; MKCOL and PROPFIND (Depth 0/1) work. With
-    ``credentials``, every method but GET and HEAD needs HTTP Basic auth.
+    ``credentials``, every method but GET and HEAD needs HTTP Basic auth; loopback is
+    trusted (the role's default ``media_dav_trusted_networks``).
     """
 
     kind = "lighttpd"
@@ -625,40 +664,18 @@ class LighttpdDav(_RealServer):
     def command(self) -> list[str]:
         return [self.binary, "-D", "-f", str(self.config_file)]
 
-    def write_password_file(self, user: str, password: str) -> None:
-        (self.work_dir / "lighttpd.user").write_text(f"{user}:{password}\n")
+    def server_variables(self) -> dict[str, Any]:
+        return {
+            # Stay the user that runs the tests (see the module docstring).
+            "lighttpd_dav_user": "",
+            "lighttpd_dav_group": "",
+            "lighttpd_dav_pid_file": str(self.pid_file),
+            "lighttpd_dav_error_log": str(self.error_log),
+            "lighttpd_dav_access_log": str(self.access_log),
+        }
 
     def config(self) -> str:
-        auth = ""
-        if self.credentials is not None:
-            auth = f"""
-auth.backend = "plain"
-auth.backend.plain.userfile = "{self.work_dir}/lighttpd.user"
-$HTTP["request-method"] !~ "^(GET|HEAD)$" {{
-    auth.require = ( "" => ( "method" => "basic", "realm" => "{REALM}",
-                             "require" => "valid-user" ) )
-}}
-"""
-        return f"""\
-# Generated by tests/servers.py for one test run.
-# mod_auth must come before mod_webdav, so it runs first.
-server.modules = ( "mod_auth", "mod_authn_file", "mod_webdav", "mod_accesslog" )
-server.document-root = "{self.docroot}"
-server.bind = "127.0.0.1"
-server.port = {self._port}
-server.errorlog = "{self.error_log}"
-accesslog.filename = "{self.access_log}"
-server.upload-dirs = ( "{self.temp_dir}" )
-# In kilobytes: 1 GiB.
-server.max-request-size = 1048576
-server.max-keep-alive-requests = 100000
-mimetype.assign = ( ".jpg" => "image/jpeg", ".png" => "image/png", ".txt" => "text/plain",
-                    "" => "application/octet-stream" )
-$HTTP["url"] =^ "{self.base_path}" {{
-    webdav.activate = "enable"
-}}
-{auth}
-"""
+        return role_configs.lighttpd_config(self.role_variables())
 
 
 # -- pytest fixtures ---------------------------------------------------------------------
