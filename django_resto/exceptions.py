@@ -4,7 +4,7 @@ A failed write raises one :class:`ReplicationError` naming every failed host. It
 an :class:`ExceptionGroup` of the hosts' own exceptions, in host order, so that:
 
 * ``except ReplicationError`` sees the whole operation (``hosts``, ``failures``);
-* ``except* requests.ConnectionError`` or ``except* UnexpectedStatusCode`` picks the
+* ``except* ConnectionError`` or ``except* UnexpectedStatusCode`` picks the
   hosts that failed that way, as a ReplicationError of those hosts only;
 * ``except UnexpectedStatusCode``, the clause django-resto 1.3 code has, still catches
   a failure where every failed host answered an unexpected status: that error is a

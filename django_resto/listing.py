@@ -15,7 +15,7 @@ offer different ways to read it, none of which is part of plain HTTP:
 The method is detected per host (PROPFIND first, then the JSON listing, then
 HEAD) and a positive detection is remembered for the life of the process, so a
 second audit costs no probing. Directories are fetched in parallel on the
-transport's keep-alive session: the cost of a listing is one round trip per
+transport's kept-alive connections: the cost of a listing is one round trip per
 directory level, not per file.
 
 Listing is a privileged operation on a real server (it reveals every name): it is
@@ -36,11 +36,9 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
-import requests
-
 from .exceptions import describe
 from .settings import get_setting
-from .transport import BytesBody, HostTransport, UnexpectedStatusCode
+from .transport import BytesBody, HostTransport, Response, TransportError, UnexpectedStatusCode
 
 logger = logging.getLogger("django_resto")
 
@@ -147,7 +145,7 @@ def detect_method(
     Only a positive answer (207 Multi-Status, a JSON array) is remembered: a HEAD
     fallback is re-examined next time, in case the server's listing was being
     set up. Why a method was ruled out goes to ``notes``. Connection failures raise
-    ``requests.RequestException``.
+    a ``TransportError``.
     """
     prefix = listing_prefix() if prefix is None else prefix
     key = _key(transport, prefix)
@@ -158,22 +156,22 @@ def detect_method(
     reasons = []
     response = _propfind(transport, "")
     try:
-        if response.status_code == 207:
+        if response.status == 207:
             method = PROPFIND
         else:
-            reasons.append(f"PROPFIND answered {response.status_code}")
+            reasons.append(f"PROPFIND answered {response.status}")
             method = ""
     finally:
         response.close()
     if not method:
         response = _listing_get(transport, prefix)
         try:
-            if response.status_code == 200 and _json_array(response) is not None:
+            if response.status == 200 and _json_array(response) is not None:
                 method = AUTOINDEX
             else:
                 reasons.append(
-                    f"GET {prefix} answered {response.status_code}"
-                    + ("" if response.status_code != 200 else " without a JSON array")
+                    f"GET {prefix} answered {response.status}"
+                    + ("" if response.status != 200 else " without a JSON array")
                 )
         finally:
             response.close()
@@ -193,7 +191,7 @@ def detect_method(
 # --- requests -------------------------------------------------------------------------
 
 
-def _propfind(transport: HostTransport, directory: str) -> requests.Response:
+def _propfind(transport: HostTransport, directory: str) -> Response:
     # PROPFIND is in WRITE_METHODS: HostTransport sends the credentials itself.
     return transport.request(
         "PROPFIND",
@@ -203,20 +201,20 @@ def _propfind(transport: HostTransport, directory: str) -> requests.Response:
     )
 
 
-def _listing_get(transport: HostTransport, path: str) -> requests.Response:
+def _listing_get(transport: HostTransport, path: str) -> Response:
     """GET a listing URL (outside the media prefix) with the storage's credentials.
 
     Media servers protect the listing like the write methods, so it is sent with
-    ``authenticate=True``, on the transport's pooled session.
+    ``authenticate=True``, on the transport's pooled connections.
     """
     return transport.send("GET", path, headers={"Accept": "application/json"}, authenticate=True)
 
 
-def _json_array(response: requests.Response) -> list[object] | None:
+def _json_array(response: Response) -> list[object] | None:
     try:
         # surrogateescape: a name that is not UTF-8 on disk must not fail the whole
         # directory; it is reported as undecodable instead.
-        data = json.loads(response.content.decode("utf-8", "surrogateescape"))
+        data = json.loads(response.read().decode("utf-8", "surrogateescape"))
     except ValueError:
         return None
     return data if isinstance(data, list) else None
@@ -253,11 +251,11 @@ def _read_propfind(
     """List one collection: (files, subdirectories, undecodable hrefs)."""
     response = _propfind(transport, directory)
     try:
-        if response.status_code == 404:
+        if response.status == 404:
             return {}, [], []  # removed while we walked
-        if response.status_code != 207:
-            raise _BadDirectory(f"PROPFIND answered {response.status_code}")
-        body = response.content
+        if response.status != 207:
+            raise _BadDirectory(f"PROPFIND answered {response.status}")
+        body = response.read()
     finally:
         response.close()
     if b"<!DOCTYPE" in body[:1024].upper() or b"<!ENTITY" in body:
@@ -317,10 +315,10 @@ def _read_autoindex(
     """List one directory through nginx's JSON autoindex: (files, subdirectories, bad names)."""
     response = _listing_get(transport, prefix + directory)
     try:
-        if response.status_code == 404:
+        if response.status == 404:
             return {}, [], []
-        if response.status_code != 200:
-            raise _BadDirectory(f"GET {prefix}{directory} answered {response.status_code}")
+        if response.status != 200:
+            raise _BadDirectory(f"GET {prefix}{directory} answered {response.status}")
         entries = _json_array(response)
     finally:
         response.close()
@@ -419,19 +417,15 @@ def probe_names(
         if stop.is_set():
             return name, "cancelled"
         try:
-            response = transport.head(name)
+            stat = transport.stat(name)
         except UnexpectedStatusCode as exc:
             return name, f"HEAD answered {exc.status}"
-        except requests.RequestException:
+        except TransportError:
             stop.set()
             raise
-        if response is None:
+        if stat is None:
             return name, None
-        length = response.headers.get("Content-Length", "")
-        return name, Entry(
-            int(length) if length.isdigit() else None,
-            _http_date(response.headers.get("Last-Modified")) if mtimes else None,
-        )
+        return name, Entry(stat.size, _http_date(stat.modified) if mtimes else None)
 
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, min(workers, len(names))), thread_name_prefix="django_resto_head"
@@ -441,7 +435,7 @@ def probe_names(
         for future in futures:
             try:
                 name, result = future.result()
-            except requests.RequestException as exc:
+            except TransportError as exc:
                 error = error or exc
                 continue
             listing.requests += 1
@@ -504,7 +498,7 @@ def list_host(
                 return _read_autoindex(transport, prefix, directory, mtimes)
 
         unlisted = _walk(transport, read, workers, listing)
-    except requests.RequestException as exc:
+    except TransportError as exc:
         raise ListingError(host, describe(exc)) from exc
     blind: list[str] = []
     if unlisted:

@@ -8,6 +8,7 @@ know one know the other, and it keeps django-resto 1.x settings working as-is.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -227,11 +228,13 @@ def _validate(option: str, value: Any, source: str) -> Any:
     raise AssertionError(f"no validation for option {option!r}")  # pragma: no cover
 
 
+@functools.lru_cache(maxsize=64)
 def media_path(base_url: str | None) -> str:
     """The URL path under which media servers keep files: MEDIA_URL's path.
 
     The seed's rule: the URL that receives a PUT is the one browsers GET, with the
     host changed. A CDN-style absolute MEDIA_URL therefore contributes its path only.
+    Cached: every save asks it once per host, and a site has one or two such URLs.
     """
     if not base_url:
         return "/"

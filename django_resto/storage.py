@@ -17,7 +17,6 @@ from email.utils import parsedate_to_datetime
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin
 
-import requests
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files import File
@@ -36,11 +35,19 @@ from .registry import Capabilities
 from .replicator import FAILURE_WORDS
 from .scheduling import Background
 from .settings import LOCAL_OPTIONS
-from .transport import Body, FileBody, HostTransport, UnexpectedStatusCode
+from .transport import (
+    Body,
+    FileBody,
+    Response,
+    Stat,
+    TransportError,
+    UnexpectedStatusCode,
+)
 from .uploads import body_of
 
 if TYPE_CHECKING:
     from .models import PendingReplication
+    from .targets import Target
 
 # A child of "django_resto": configs for either name hear the storages, as configs
 # written for django-resto 1.3 (which logged on django_resto.storage) expect. The
@@ -285,13 +292,11 @@ class AsyncStorage(HybridStorage):
 class RemoteFile(File):
     """A file read from a media server as a stream: never held whole in memory."""
 
-    def __init__(self, response: requests.Response, name: str) -> None:
+    def __init__(self, response: Response, name: str) -> None:
         self._response = response
-        response.raw.decode_content = True
-        super().__init__(cast(IO[bytes], response.raw), name)
-        length = response.headers.get("Content-Length")
-        if length is not None and length.isdigit():
-            self.size = int(length)
+        super().__init__(cast(IO[bytes], response), name)
+        if response.size is not None:
+            self.size = response.size
         self.mode = "rb"
 
     def close(self) -> None:
@@ -337,8 +342,12 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
         name = validate_name(name)
         self.execute(self.delete_file, name)
 
-    def _ask(self, operation: str, name: str, func: Callable[[HostTransport, str], Any]) -> Any:
+    def _ask(self, operation: str, name: str, func: Callable[[Target, str], Any]) -> Any:
         """Ask one host, falling over to the next one when it cannot answer.
+
+        Any target: a bucket (``storage:ALIAS``) fails with the transport's errors too
+        (targets_storage.py), so a read falls over from a bucket that is down as from a
+        dead media server.
 
         With a single host, what it raised is raised as it is, as django-resto 1.3's
         reads did: there is no other host to name. With several, a ReplicationError
@@ -351,7 +360,7 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
         for host in self.hosts:
             try:
                 return func(self.transport(host), name)
-            except (requests.RequestException, UnexpectedStatusCode) as exc:
+            except (TransportError, UnexpectedStatusCode) as exc:
                 if len(self.hosts) == 1:
                     raise
                 logger.warning(
@@ -364,29 +373,29 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
                 failures.append(Outcome(host, error=exc))
         raise ReplicationError(operation, name, failures, total=len(self.hosts))
 
-    def _head(self, name: str) -> requests.Response:
-        response = self._ask("HEAD", name, lambda transport, name: transport.head(name))
-        if response is None:
+    def _head(self, name: str) -> Stat:
+        stat: Stat | None = self._ask("HEAD", name, lambda transport, name: transport.stat(name))
+        if stat is None:
             raise FileNotFoundError(f"{name} does not exist on the media servers")
-        return response
+        return stat
 
     def exists(self, name: str) -> bool:
-        return self._ask("HEAD", name, lambda transport, name: transport.head(name)) is not None
+        return self._ask("HEAD", name, lambda transport, name: transport.stat(name)) is not None
 
     def _open(self, name: str, mode: str = "rb") -> File:
         if mode not in ("r", "rb"):
             raise ValueError(f"DistributedStorage opens files read-only, not with mode {mode!r}")
-        response = self._ask("GET", name, lambda transport, name: transport.get(name))
+        response = self._ask("GET", name, lambda transport, name: transport.open(name))
         return RemoteFile(response, validate_name(name))
 
     def size(self, name: str) -> int:
-        length = self._head(name).headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        length = self._head(name).size
+        if length is None:
             raise OSError(f"The media server gave no size for {name}")
-        return int(length)
+        return length
 
     def get_modified_time(self, name: str) -> datetime:
-        header = self._head(name).headers.get("Last-Modified")
+        header = self._head(name).modified
         if not header:
             raise NotImplementedError(f"The media server gave no Last-Modified for {name}")
         moment = parsedate_to_datetime(header).astimezone(UTC)

@@ -1,92 +1,67 @@
-"""HTTP to one media server: PUT, DELETE, HEAD, GET, MKCOL and PROPFIND.
+"""HTTP to one media server: PUT, DELETE, MKCOL, HEAD, GET and PROPFIND.
 
 Connections stay alive between operations, so a save costs one request per host
-instead of a TCP (and TLS) handshake plus a request. Writes (PUT, DELETE, MKCOL) go
-through :mod:`django_resto.wire`, which is several times cheaper per request and can
-be started on every host before any answer is awaited; reads, streamed downloads and
-listings use one ``requests.Session`` per host. The transport knows URLs and status
-codes; it knows nothing of Django's Storage API, so it can be reused by the sync and
-repair commands.
+instead of a TCP (and TLS) handshake plus a request. Every request goes through one
+:class:`django_resto.wire.ConnectionPool` per host, writes and reads alike: one pool,
+one TLS set-up, one stale-connection retry, and writes can be started on every host
+before any answer is awaited. The transport knows URLs and status codes; it knows
+nothing of Django's Storage API, so it can be reused by the sync and repair commands.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
 import logging
-import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from . import wire
 from .exceptions import UnexpectedStatusCode
-from .settings import Host
+from .hosts import Host, parse_host
+from .wire import (
+    Body,
+    BytesBody,
+    ConnectTimeout,
+    FileBody,
+    ReadTimeout,
+    Response,
+    SSLError,
+    Timeout,
+    TransportError,
+)
+
+__all__ = [
+    "Body",
+    "BytesBody",
+    "ConnectTimeout",
+    "FileBody",
+    "Host",
+    "HostTransport",
+    "PutResult",
+    "ReadTimeout",
+    "Response",
+    "SSLError",
+    "Stat",
+    "Timeout",
+    "TransportError",
+    "UnexpectedStatusCode",
+    "parse_host",
+]
 
 logger = logging.getLogger(__name__)
 
+#: Methods that carry the storage's credentials: the writes, and PROPFIND, which
+#: reveals every name.
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MKCOL", "PROPFIND"})
+# What quote(path, safe="/") leaves as it is: most names, which then skip its cost.
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
-class Body:
-    """Something that can be sent to several hosts at once, each reading its own copy.
-
-    A body is opened once per request (and again when a PUT is retried after
-    creating parent collections), so it never needs to be held in memory.
-    """
-
-    size: int
-
-    def open(self) -> IO[bytes]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def inline(self) -> bytes:
-        """The whole body as bytes, read once and shared by every host (small bodies only)."""
-        data = self.__dict__.get("_inline")
-        if data is None:
-            handle = self.open()
-            try:
-                data = wire.read_exactly(handle, self.size)
-            finally:
-                handle.close()
-            self._inline = data
-        return data
-
-
-class FileBody(Body):
-    """A file on disk: every host gets its own file descriptor and offset."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self.size = os.path.getsize(self.path)
-
-    def open(self) -> IO[bytes]:
-        return open(self.path, "rb")
-
-    def __repr__(self) -> str:
-        return f"FileBody({self.path!r})"
-
-
-class BytesBody(Body):
-    """Bytes already in memory (small uploads): shared read-only, never copied."""
-
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self.data = memoryview(data).toreadonly()
-        self.size = self.data.nbytes
-
-    def open(self) -> IO[bytes]:
-        return io.BytesIO(self.data)
-
-    def inline(self) -> bytes:
-        return self.data.tobytes()
-
-    def __repr__(self) -> str:
-        return f"BytesBody(<{self.size} bytes>)"
+def _quote(path: str) -> str:
+    return path if _UNQUOTED.fullmatch(path) else quote(path, safe="/")
 
 
 @dataclass(frozen=True)
@@ -95,34 +70,19 @@ class PutResult:
     collections_created: int = 0
 
 
-def _stale_connection(exc: requests.ConnectionError) -> bool:
-    """True when a kept-alive connection was closed under us, before any answer.
+@dataclass(frozen=True)
+class Stat:
+    """What a HEAD says about a file, as the server put it."""
 
-    That happens when a server's keep-alive timeout races our next request. PUT and
-    DELETE are idempotent, so one retry on a fresh connection is safe; a refused or
-    timed-out connection is a real failure and is not retried.
-    """
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(
-            error, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
-        ):
-            return True
-        nested = error.args[-1] if error.args else None
-        if isinstance(nested, BaseException) and id(nested) not in seen:
-            error = nested
-            continue
-        error = error.__cause__ or error.__context__
-    return False
+    size: int | None  # Content-Length
+    modified: str | None  # the Last-Modified header, an HTTP date
+    etag: str | None
 
 
 class HostTransport:
     """All HTTP traffic to one media server.
 
-    Thread-safe: a requests Session with an HTTPAdapter pool serves concurrent
-    requests, each on its own pooled connection.
+    Thread-safe: each request takes a connection of the pool for its own length.
     """
 
     def __init__(
@@ -142,30 +102,26 @@ class HostTransport:
         self.host = host
         self.prefix = prefix
         self.timeout = (connect_timeout or timeout, timeout)
-        # A write's deadline is the timeout plus its body at this rate (wire.py); reads
-        # through requests keep the per-read timeout.
+        # A request's deadline is the timeout plus its body at this rate (wire.py).
         self.min_transfer_rate = min_transfer_rate
         self.verify = verify
         self._auth = auth
+        self.pool_size = pool_size
+        self._pool: wire.ConnectionPool | None = None
+        self._lock = threading.Lock()
         self._auth_headers: dict[str, str] = {}
         if token is not None:
             value = f"Bearer {token}" if token_header.lower() == "authorization" else token
             self._auth_headers[token_header] = value
-        self.pool_size = pool_size
-        self._session: requests.Session | None = None
-        self._pool: wire.ConnectionPool | None = None
-        self._lock = threading.Lock()
-        self._write_headers = dict(self._auth_headers)
         if auth is not None:
-            self._write_headers["Authorization"] = wire.basic_credentials(*auth)
+            self._auth_headers["Authorization"] = wire.basic_credentials(*auth)
 
     def __repr__(self) -> str:
         return f"<HostTransport {self.host.name}>"
 
-    # Sessions hold sockets and locks: they are rebuilt after unpickling.
+    # Pools hold sockets and locks: they are rebuilt after unpickling.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_session"] = None
         state["_pool"] = None
         del state["_lock"]
         return state
@@ -175,25 +131,8 @@ class HostTransport:
         self._lock = threading.Lock()
 
     @property
-    def session(self) -> requests.Session:
-        if self._session is None:
-            with self._lock:
-                if self._session is None:
-                    session = requests.Session()
-                    adapter = HTTPAdapter(
-                        pool_connections=1, pool_maxsize=self.pool_size, max_retries=0
-                    )
-                    session.mount("http://", adapter)
-                    session.mount("https://", adapter)
-                    session.verify = self.verify
-                    # Media servers are never behind the user's HTTP proxy settings.
-                    session.trust_env = False
-                    self._session = session
-        return self._session
-
-    @property
     def pool(self) -> wire.ConnectionPool:
-        """The kept-alive connections that carry this host's writes."""
+        """The kept-alive connections that carry every request to this host."""
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
@@ -209,9 +148,6 @@ class HostTransport:
 
     def close(self) -> None:
         with self._lock:
-            if self._session is not None:
-                self._session.close()
-                self._session = None
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
@@ -221,7 +157,9 @@ class HostTransport:
         return self._absolute_url(self.prefix + name)
 
     def _absolute_url(self, path: str) -> str:
-        return self.host.origin + quote(path, safe="/")
+        return self.host.origin + _quote(path)
+
+    # --- any request -----------------------------------------------------------------
 
     def request(
         self,
@@ -230,10 +168,9 @@ class HostTransport:
         *,
         body: Body | None = None,
         headers: dict[str, str] | None = None,
-        stream: bool = False,
-    ) -> requests.Response:
+    ) -> Response:
         """Send one request about a storage name (a path below the media prefix)."""
-        return self.send(method, self.prefix + name, body=body, headers=headers, stream=stream)
+        return self.send(method, self.prefix + name, body=body, headers=headers)
 
     def send(
         self,
@@ -242,62 +179,58 @@ class HostTransport:
         *,
         body: Body | None = None,
         headers: dict[str, str] | None = None,
-        stream: bool = False,
         authenticate: bool | None = None,
-    ) -> requests.Response:
-        """Send one request to an absolute URL path, retrying once on a stale connection.
+    ) -> Response:
+        """Send one request to an absolute URL path and return the answer, body unread.
 
-        Credentials go with write methods, and with any request when ``authenticate``
-        is True (the sync command's JSON listing is a GET that media servers protect).
+        Credentials go with the authenticated methods, and with any request when
+        ``authenticate`` is True (the sync command's JSON listing is a GET that media
+        servers protect). Read the body, or close the response: the connection goes
+        back to the pool only once the body has been read to its end.
         """
-        url = self._absolute_url(path)
-        all_headers = dict(headers or {})
-        auth = None
+        fields = dict(headers or {})
         if authenticate or (authenticate is None and method in WRITE_METHODS):
-            auth = self._auth
-            all_headers.update(self._auth_headers)
-        for attempt in (1, 2):
-            data: Any = None
-            handle: IO[bytes] | None = None
-            if body is not None:
-                if body.size == 0:
-                    # requests turns an empty stream into a chunked body; nginx's DAV
-                    # module then sees no Content-Length. Send real empty bytes.
-                    data = b""
-                else:
-                    handle = data = body.open()
-            try:
-                response = self.session.request(
-                    method,
-                    url,
-                    data=data,
-                    headers=all_headers,
-                    auth=auth,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                    stream=stream,
-                )
-            except requests.ConnectionError as exc:
-                if attempt == 1 and _stale_connection(exc):
-                    logger.debug("Retrying %s %s after a stale connection", method, url)
-                    continue
-                raise
-            finally:
-                if handle is not None:
-                    handle.close()
-            logger.debug("%s %s -> %s", method, url, response.status_code)
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            fields.update(self._auth_headers)
+        response = self.pool.start(method, _quote(path), headers=fields, body=body).response()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %s", method, self._absolute_url(path), response.status)
+        return response
 
-    def _unexpected(self, method: str, path: str, response: requests.Response) -> Exception:
-        response.close()
+    def _unexpected(self, method: str, path: str, status: int, reason: str) -> Exception:
         return UnexpectedStatusCode(
-            self.host.name,
-            method,
-            self._absolute_url(path),
-            response.status_code,
-            response.reason or "",
+            self.host.name, method, self._absolute_url(path), status, reason
         )
+
+    # --- reads -----------------------------------------------------------------------
+
+    def stat(self, name: str) -> Stat | None:
+        """HEAD ``name``: its size, modification time and ETag; None if it is not there."""
+        response = self.request("HEAD", name)
+        response.close()
+        if response.status == 200:
+            return Stat(
+                size=response.size,
+                modified=response.headers.get("Last-Modified"),
+                etag=response.headers.get("ETag"),
+            )
+        if response.status == 404:
+            return None
+        raise self._unexpected("HEAD", self.prefix + name, response.status, response.reason)
+
+    def open(self, name: str, *, headers: dict[str, str] | None = None) -> Response:
+        """GET ``name`` as a stream (``read``, ``size``); the caller reads and closes it.
+
+        Raises FileNotFoundError if the server does not have it.
+        """
+        response = self.request("GET", name, headers=headers)
+        if response.status == 200:
+            return response
+        response.close()
+        if response.status == 404:
+            raise FileNotFoundError(f"{name} does not exist on {self.host.name}")
+        raise self._unexpected("GET", self.prefix + name, response.status, response.reason)
+
+    # --- writes ----------------------------------------------------------------------
 
     def write(self, method: str, path: str, body: Body | None = None) -> wire.Answer:
         """Send one write request to an absolute URL path and wait for its answer."""
@@ -305,17 +238,13 @@ class HostTransport:
 
     def start_write(self, method: str, path: str, body: Body | None = None) -> wire.Pending:
         """Put a write request on the wire; its answer is read by ``answer()``."""
-        pending = self.pool.start(
-            method, quote(path, safe="/"), headers=self._write_headers, body=body
-        )
+        pending = self.pool.start(method, _quote(path), headers=self._auth_headers, body=body)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s sent", method, self._absolute_url(path))
         return pending
 
     def _unexpected_answer(self, method: str, path: str, answer: wire.Answer) -> Exception:
-        return UnexpectedStatusCode(
-            self.host.name, method, self._absolute_url(path), answer.status, answer.reason
-        )
+        return self._unexpected(method, path, answer.status, answer.reason)
 
     def put(self, name: str, body: Body) -> PutResult:
         """Store ``body`` as ``name``; create parent collections when the server asks for it.
@@ -398,23 +327,3 @@ class HostTransport:
             raise self._unexpected_answer("DELETE", path, answer)
 
         return finish
-
-    def head(self, name: str) -> requests.Response | None:
-        """HEAD ``name``: the response on 200, None on 404."""
-        response = self.request("HEAD", name)
-        response.close()
-        if response.status_code == 200:
-            return response
-        if response.status_code == 404:
-            return None
-        raise self._unexpected("HEAD", self.prefix + name, response)
-
-    def get(self, name: str) -> requests.Response:
-        """GET ``name`` as a stream; the caller reads and closes it."""
-        response = self.request("GET", name, stream=True)
-        if response.status_code == 200:
-            return response
-        if response.status_code == 404:
-            response.close()
-            raise FileNotFoundError(f"{name} does not exist on {self.host.name}")
-        raise self._unexpected("GET", self.prefix + name, response)

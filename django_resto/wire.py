@@ -1,35 +1,43 @@
-"""HTTP/1.1 writes on kept-alive sockets: the hot path of every save and delete.
+"""HTTP/1.1 on kept-alive sockets: every request the library sends to a media server.
 
-requests costs about half a millisecond of CPU per request (``bench/overhead.py``):
-session merging, hooks, cookie jars and the ``email`` header parser, none of which a
-PUT to a media server needs. A save to three hosts paid that three times, plus a
-thread hand-off per host, which made small saves no faster than django-resto 1.3
-with its new connection per request. This module speaks just the HTTP/1.1 that
-the write methods (PUT, DELETE, MKCOL) need:
+One pool of connections per host carries writes (PUT, DELETE, MKCOL) and reads (HEAD,
+streamed GET, PROPFIND, JSON listings) alike: one TLS set-up, one stale-connection
+retry, one set of deadlines. requests cost about half a millisecond of CPU per request
+(``bench/overhead.py``: session merging, hooks, cookie jars), which a save to three
+hosts paid three times, plus a thread hand-off per host; what stays cheap here:
 
 - a request head and a small body leave in one ``send``; a file body follows the
   head through ``sendfile(2)``, so the bytes go from the page cache to the socket
   without passing through Python (TLS falls back to a read/send loop);
-- a write is split in two (:meth:`ConnectionPool.start`, then
-  :meth:`Pending.answer`), so the fan-out can put small requests on the wire to every
-  host from one thread and only then wait for the answers: the servers work in
-  parallel while no thread is handed anything;
-- answers are parsed with plain byte operations; bodies (error pages) are skipped.
+- a request is split in two (:meth:`ConnectionPool.start`, then :meth:`Pending.answer`
+  or :meth:`Pending.response`), so the fan-out can put small requests on the wire to
+  every host from one thread and only then wait for the answers: the servers work in
+  parallel while no thread is handed anything.
+
+Answers are parsed by llhttp, Node.js's HTTP parser, through httptools (:class:`_Parse`):
+it does the framing and refuses what is not HTTP/1.x, for about a microsecond per
+answer. ``http.client`` and h11 were measured too: 20 to 40 microseconds per answer
+(http.client parses every head with the ``email`` package), which made a small save to
+three hosts half again as expensive in CPU. What a client of possibly broken servers
+needs beyond a parser is added here: every socket read is bounded by the request's
+deadline, and interim (1xx) answers, heads and the bodies of answers to writes are capped.
 
 Each request has one deadline, ``read_timeout + body size / min_transfer_rate`` from
-its start, for sending and answering together: a socket timeout alone bounds each
-read, so a server that trickles its answer, or reads the body a byte at a time, would
-hold a save for ever. Interim answers and answer bodies are capped for the same
-reason: a server that never stops talking is as broken as one that never answers.
+its start, for sending and the answer's head together, and for a write the whole
+answer: a socket timeout alone bounds each read, so a server that trickles its answer,
+or reads the body a byte at a time, would hold a save for ever. A streamed download is
+read at its reader's pace, each read within the read timeout.
 
-Reads, streamed downloads and listings stay on requests, which does them well.
-Failures raise requests' own exception classes, so callers catch
-``requests.RequestException`` whichever path served them.
+Failures raise :class:`TransportError`, an ``OSError``; its subclasses are also the
+builtin ``ConnectionError`` or ``TimeoutError`` they are.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
+import contextlib
+import io
 import os
 import re
 import select
@@ -37,14 +45,14 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 import certifi
-import requests
+import httptools
 
-from .settings import Host
+from .hosts import Host
 
 #: Largest answer head accepted; media servers send a few hundred bytes.
 MAX_HEAD = 64 * 1024
@@ -74,26 +82,48 @@ DEADLINE_SLACK = 0.05
 #: with their answers already received: those are read (in microseconds), a silent
 #: host fails this soon instead of after a whole timeout.
 LATE_READ = 0.05
-_CAP_DIGITS = len(str(MAX_ANSWER_BODY))
-_DIGITS = re.compile(r"[0-9]+")
-_HEX = re.compile(rb"[0-9A-Fa-f]+")
-# Header names are tokens (RFC 9110); values may not contain line breaks or NUL.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
 #: An idle connection is checked for a close by the server (one select(2)) only
 #: after this many seconds: servers close idle connections after their keep-alive
 #: timeout (nginx: 65 s), not within a second; a rare earlier close is caught by the
 #: retry on a connection closed before any answer.
 CHECK_IDLE_AFTER = 1.0
+# Header names are tokens (RFC 9110); values may not contain line breaks or NUL.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What a server said to one request (the body is read and dropped)."""
+# --- errors ----------------------------------------------------------------------------
 
-    status: int
-    reason: str
-    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
+
+class TransportError(OSError):
+    """A media server could not be asked, or gave no usable answer: that host failed.
+
+    An ``OSError``, so code written for network errors catches it; each subclass is
+    also the builtin ``ConnectionError`` or ``TimeoutError`` that it is. The classes are
+    named as requests named its own, which the library raised before: log lines, the
+    journal's ``last_error`` and filters written against them read the same. Messages
+    name the method and the URL, never credentials.
+    """
+
+
+class ConnectionError(TransportError, builtins.ConnectionError):
+    """Refused, reset, closed twice before any answer, or an answer that is not HTTP."""
+
+
+class SSLError(ConnectionError):
+    """TLS failed: the handshake, the certificate or its host name."""
+
+
+class Timeout(TransportError, TimeoutError):
+    """No (complete) answer in time."""
+
+
+class ReadTimeout(Timeout):
+    """No answer within the read timeout, or none complete within the request's deadline."""
+
+
+class ConnectTimeout(ConnectionError, Timeout):
+    """No connection within the connect timeout: the host is unreachable, so both kinds."""
 
 
 class _Stale(Exception):
@@ -115,13 +145,468 @@ def _too_large() -> _Malformed:
     )
 
 
+# --- bodies ----------------------------------------------------------------------------
+
+
+class Readable(Protocol):
+    """What a body opens: a file, or a download from another media server."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Body:
+    """Something that can be sent to several hosts at once, each reading its own copy.
+
+    A body is opened once per request (and again when a PUT is retried after
+    creating parent collections), so it never needs to be held in memory.
+    """
+
+    size: int
+
+    def open(self) -> Readable:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def inline(self) -> bytes:
+        """The whole body as bytes, read once and shared by every host (small bodies only)."""
+        data = self.__dict__.get("_inline")
+        if data is None:
+            handle = self.open()
+            try:
+                data = read_exactly(handle, self.size)
+            finally:
+                handle.close()
+            self._inline = data
+        return data
+
+
+class FileBody(Body):
+    """A file on disk: every host gets its own file descriptor and offset."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.size = os.path.getsize(self.path)
+
+    def open(self) -> IO[bytes]:
+        return open(self.path, "rb")
+
+    def __repr__(self) -> str:
+        return f"FileBody({self.path!r})"
+
+
+class BytesBody(Body):
+    """Bytes already in memory (small uploads): shared read-only, never copied."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = memoryview(data).toreadonly()
+        self.size = self.data.nbytes
+
+    def open(self) -> IO[bytes]:
+        return io.BytesIO(self.data)
+
+    def inline(self) -> bytes:
+        return self.data.tobytes()
+
+    def __repr__(self) -> str:
+        return f"BytesBody(<{self.size} bytes>)"
+
+
+def read_exactly(handle: Readable, size: int) -> bytes:
+    """Up to ``size`` bytes from ``handle``, however short its reads are."""
+    parts = []
+    remaining = size
+    while remaining > 0:
+        data = handle.read(remaining)
+        if not data:
+            break
+        parts.append(data)
+        remaining -= len(data)
+    return b"".join(parts)
+
+
+def _has_fileno(handle: Any) -> bool:
+    try:
+        handle.fileno()
+    except (OSError, AttributeError, ValueError):
+        return False
+    return True
+
+
+# --- answers ---------------------------------------------------------------------------
+
+
+class Headers(dict[str, str]):
+    """Header fields by lower-case name, repeated fields joined with ", "; any case looks up."""
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+def _headers(fields: list[tuple[bytes, bytes]]) -> Headers:
+    headers = Headers()
+    for name, value in fields:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").strip()
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+class Answer:
+    """What a server said to a write (the body is read and dropped).
+
+    The reason phrase and the fields of an answer read by :class:`_LeanParse` are
+    parsed only when asked for: a save looks at the status alone.
+    """
+
+    __slots__ = ("_fields", "_headers", "_reason", "_source", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str = "",
+        headers: dict[str, str] | None = None,
+        *,
+        fields: list[tuple[bytes, bytes]] | None = None,
+        source: _LeanParse | None = None,
+    ) -> None:
+        self.status = status
+        self._reason = reason
+        self._headers = None if headers is None else Headers(headers)
+        self._fields = fields or []
+        self._source = source
+
+    def _load(self) -> None:
+        source = self._source
+        if source is not None:
+            source.frame()
+            self._reason = source.reason.decode("latin-1").strip()
+            self._fields = source.fields[: source.head_fields]
+            self._source = None
+
+    @property
+    def reason(self) -> str:
+        self._load()
+        return self._reason
+
+    @property
+    def headers(self) -> Headers:
+        """The header fields, decoded only when asked for: a save never looks at them."""
+        self._load()
+        if self._headers is None:
+            self._headers = _headers(self._fields)
+        return self._headers
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Answer):
+            return NotImplemented
+        return (self.status, self.reason, self.headers) == (
+            other.status,
+            other.reason,
+            other.headers,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Answer({self.status}, {self.reason!r}, {self.headers!r})"
+
+
+class _Parse:
+    """One answer, as llhttp (Node.js's HTTP parser, through httptools) reads it.
+
+    llhttp does the framing: status line, fields, Content-Length or chunked bodies
+    (extensions, trailers), 1xx and 204/304 answers without a body, and it refuses
+    what is not HTTP/1.x (a folded or nameless field, two Content-Lengths, a chunk
+    size such as ``0x1``). This object feeds it the connection's bytes, each read
+    within the request's deadline, and adds what a client of possibly broken servers
+    needs beyond a parser: at most :data:`MAX_INTERIM` interim answers, heads of at
+    most :data:`MAX_HEAD`, answers to writes of at most :data:`MAX_ANSWER_BODY` of
+    body (framing included), the end of a HEAD answer (which llhttp cannot be told
+    has no body), and answers that end at the close, which httptools leaves to us.
+
+    Class attributes are the defaults: a write's answer sets few of them, and each
+    assignment is CPU on the hot path.
+    """
+
+    status = 0
+    reason = b""
+    interim = 0
+    received = 0  # bytes fed to the parser
+    head_fields = 0  # how many of ``fields`` are the head's (trailers follow)
+    head_total = 0  # of every head parsed whole: received - head_total is body
+    head_done = False  # the real answer's head (not an interim one's)
+    complete = False
+    keep_alive = False
+    until_close = False  # the body ends when the server closes the connection
+    stray = False  # bytes after the answer: the connection cannot be trusted
+    length: int | None = None  # Content-Length
+    chunked = False
+    head_size = 0  # the head's fields, as sent (name, value, ": ", CRLF)
+    problem: _Malformed | None = None  # found by a callback, raised after the feed
+    raw: list[bytes] | None = None  # what was fed, kept by a lean parse (see _LeanParse)
+
+    def __init__(self, conn: Connection, method: str, *, capped: bool, keep_body: bool) -> None:
+        self.conn = conn
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = method == "HEAD"
+        self.capped = capped  # an answer to a write: its body is capped
+        self.keep_body = keep_body  # a read: body pieces are kept for the reader
+        self.body: list[bytes] = []
+        self.fields: list[tuple[bytes, bytes]] = []
+
+    # llhttp's callbacks (httptools calls them by name).
+
+    def on_message_begin(self) -> None:
+        if self.head_done:
+            self.stray = True  # a second answer to one request
+
+    def on_status(self, reason: bytes) -> None:
+        if not self.head_done:
+            self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Trailer fields land here too; the head's are those before on_headers_complete.
+        self.fields.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        # Only two names matter to the framing: a length test skips the others cheaply.
+        if len(name) == 14 or len(name) == 17:
+            self._framing(name.lower(), value)
+
+    def _framing(self, key: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # a trailer: the framing was settled by the head
+        if key == b"content-length":
+            # llhttp allows one such field, of digits only, below 2**64.
+            self.length = int(value.strip().lstrip(b"0") or b"0")
+        elif key == b"transfer-encoding":
+            self.chunked = value.strip().lower().endswith(b"chunked")
+
+    def on_headers_complete(self) -> None:
+        if self.head_done:
+            return
+        size = self.head_size + 17 + len(self.reason)  # "HTTP/1.1 200 ", CRLFs
+        self.head_total += size
+        if size > MAX_HEAD:
+            self.problem = self.problem or _head_too_large()
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
+                self.problem = self.problem or _Malformed(
+                    f"more than {MAX_INTERIM} interim (1xx) answers"
+                )
+            self.fields = []
+            self.reason = b""
+            self.length = None
+            self.chunked = False
+            self.head_size = 0
+            return
+        self.status = status
+        self.head_done = True
+        self.head_fields = len(self.fields)
+        self.keep_alive = parser.should_keep_alive()
+        if self.head_only or status == 204 or status == 304:
+            self.complete = True  # no body, whatever the fields say (llhttp: not for HEAD)
+            return
+        if self.capped and self.length is not None and self.length > MAX_ANSWER_BODY:
+            self.problem = self.problem or _too_large()
+        self.until_close = self.length is None and not self.chunked
+
+    def on_body(self, data: bytes) -> None:
+        if self.complete:
+            self.stray = True  # what a HEAD answer's Content-Length made llhttp expect
+        elif self.keep_body:
+            self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+
+    # Reading.
+
+    def more(self) -> bool:
+        """Receive and parse more of the answer; False at the end of the stream."""
+        if not self.head_done:
+            if self.received - self.head_total > MAX_HEAD:
+                raise _head_too_large()
+        elif self.capped and self.received - self.head_total > MAX_ANSWER_BODY:
+            raise _too_large()
+        data = self.conn.receive()
+        if not data:
+            return False
+        self.received += len(data)
+        if self.raw is not None:
+            self.raw.append(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise _Malformed("the server switched protocols") from None
+        except httptools.HttpParserError as exc:
+            if not self.complete:
+                raise self.problem or _Malformed(_parser_words(exc)) from None
+            self.stray = True  # garbage after the answer
+        if self.raw is not None and self.head_done and not self.complete:
+            self.frame()  # a body follows: its framing and caps are needed now
+        if self.problem is not None:
+            raise self.problem
+        if self.head_done and self.capped and self.received - self.head_total > MAX_ANSWER_BODY:
+            raise _too_large()
+        return True
+
+    def frame(self) -> None:
+        """Make sure the head's fields and framing are known (only lean parses defer it)."""
+
+    def ended(self) -> None:
+        """The connection closed: the end of an answer that runs to the close, or a failure."""
+        if self.head_done:
+            self.frame()
+        if not self.head_done:
+            if not self.received:
+                raise _Stale("the server closed the connection without answering")
+            raise _Malformed("the server closed the connection in the middle of its answer")
+        if not self.until_close:
+            raise _Malformed("the server closed the connection in the middle of a body")
+        self.complete = True
+        self.keep_alive = False
+
+    def read_head(self) -> None:
+        while not self.head_done:
+            if not self.more():
+                self.ended()
+
+    def read_all(self) -> None:
+        while not self.complete:
+            if not self.more():
+                self.ended()
+
+    def next_piece(self) -> bytes:
+        """The next received piece of the body; b"" at its end."""
+        while not self.body and not self.complete:
+            if not self.more():
+                self.ended()
+        return self.body.pop(0) if self.body else b""
+
+    def reusable(self) -> bool:
+        """Whether another request may follow this answer, read to its end."""
+        # HTTP/1.0 keep-alive is left alone: media servers speak 1.1.
+        return (
+            self.complete
+            and not self.stray
+            and self.keep_alive
+            and self.parser.get_http_version() == "1.1"
+        )
+
+    def answer(self) -> Answer:
+        fields = self.fields
+        if len(fields) > self.head_fields:
+            fields = fields[: self.head_fields]
+        return Answer(self.status, self.reason.decode("latin-1").strip(), fields=fields)
+
+    @property
+    def headers(self) -> Headers:
+        return _headers(self.fields[: self.head_fields])
+
+
+class _LeanParse(_Parse):
+    """An answer to a write, read with no Python call per field.
+
+    A write needs the status and whether the connection stays usable; llhttp's call
+    back into Python for each field was most of a small PUT's parsing cost. So this
+    parse keeps the bytes it fed and, only when something needs the fields (a body to
+    frame, a reason or headers asked for, a close to judge), parses the head again
+    with :class:`_Parse`'s own callbacks. Answers whose head is larger than one
+    receive are framed at once, so :data:`MAX_HEAD` holds as for any answer.
+    """
+
+    # None: llhttp is not asked to call back for these (httptools skips missing ones).
+    on_header = None  # type: ignore[assignment]
+    on_status = None  # type: ignore[assignment]
+    framed = False
+
+    capped = True
+    keep_body = False
+    head_only = False  # writes only: PUT, DELETE, MKCOL, PROPFIND's head is a read's
+    body: list[bytes] = []  # never appended to: keep_body is False
+
+    def __init__(self, conn: Connection, method: str) -> None:
+        # Not _Parse.__init__: each assignment it makes is CPU a write's answer spares.
+        self.conn = conn
+        self.parser = httptools.HttpResponseParser(self)
+        self.raw = []
+
+    def on_headers_complete(self) -> None:
+        if self.head_done:
+            return
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
+                self.problem = self.problem or _Malformed(
+                    f"more than {MAX_INTERIM} interim (1xx) answers"
+                )
+            return
+        self.status = status
+        self.head_done = True
+        self.keep_alive = parser.should_keep_alive()
+        if status == 204 or status == 304:
+            self.complete = True
+        if self.received > RECV_SIZE // 2:
+            self.frame()  # a head this large may break MAX_HEAD: measure it now
+
+    def frame(self) -> None:
+        if self.framed or not self.head_done:
+            return
+        self.framed = True
+        full = _Parse(self.conn, "PUT", capped=True, keep_body=False)
+        with contextlib.suppress(httptools.HttpParserError):  # the first parse judged those
+            full.parser.feed_data(b"".join(self.raw or ()))
+        self.reason = full.reason
+        self.fields = full.fields
+        self.head_fields = full.head_fields
+        self.length = full.length
+        self.chunked = full.chunked
+        self.head_total = full.head_total
+        if full.problem is not None and self.problem is None:
+            self.problem = full.problem
+        if not self.complete:
+            if self.length is not None and self.length > MAX_ANSWER_BODY:
+                self.problem = self.problem or _too_large()
+            self.until_close = self.length is None and not self.chunked
+
+    def answer(self) -> Answer:
+        if self.framed:
+            return super().answer()
+        return Answer(self.status, source=self)
+
+
+def _head_too_large() -> _Malformed:
+    return _Malformed(f"the answer's head is larger than {_amount(MAX_HEAD)}")
+
+
+def _parser_words(exc: Exception) -> str:
+    """llhttp's reason for refusing an answer, as a phrase for the error message."""
+    text = str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+# --- connections -----------------------------------------------------------------------
+
+
 class Connection:
     """One socket to a media server and the bytes received but not yet parsed."""
 
     def __init__(self, sock: socket.socket, plain: bool, read_timeout: float) -> None:
         self.sock = sock
         self.plain = plain  # sendfile(2) only works on a socket without TLS
-        self.buffer = bytearray()
         self.idle_since = 0.0
         self.read_timeout = read_timeout
         self.timeout = read_timeout  # what the socket's timeout is set to now
@@ -155,13 +640,19 @@ class Connection:
         except TimeoutError as exc:
             raise self._timed_out(exc) from None
 
+    def receive(self) -> bytes:
+        """The next bytes of the answer, within the deadline; b"" at the end of the stream."""
+        self._arm()
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except TimeoutError as exc:
+            raise self._timed_out(exc) from None
+
     def close(self) -> None:
         self.sock.close()
 
     def dropped(self) -> bool:
         """True if an idle connection was closed by the server (or has stray bytes)."""
-        if self.buffer:
-            return True
         # poll, not select: select cannot watch descriptors above 1023, which a busy
         # application server with many open files reaches.
         poller = select.poll()
@@ -171,7 +662,7 @@ class Connection:
         except OSError:
             return True
 
-    def send(self, head: bytes, inline: bytes | None, body: Any, size: int) -> None:
+    def send(self, head: bytes, inline: bytes | None, body: Body | None, size: int) -> None:
         if inline is not None:
             self._sendall(head + inline)
             return
@@ -188,9 +679,9 @@ class Connection:
             # would wait for the missing bytes; give up on this connection.
             raise ConnectionAbortedError(f"the body ended after {sent} of {size} bytes")
 
-    def _send_file(self, handle: IO[bytes], size: int) -> int:
+    def _send_file(self, handle: Readable, size: int) -> int:
         if self.plain and _has_fileno(handle):
-            return self._sendfile(handle.fileno(), size)
+            return self._sendfile(handle.fileno(), size)  # type: ignore[attr-defined]
         # TLS, or a body that is not a file (a stream from another media server).
         sent = 0
         while sent < size:
@@ -234,155 +725,30 @@ class Connection:
                 raise _Deadline
         return offset
 
-    def _fill(self) -> bool:
-        self._arm()
-        try:
-            chunk = self.sock.recv(RECV_SIZE)
-        except TimeoutError as exc:
-            raise self._timed_out(exc) from None
-        if not chunk:
-            return False
-        self.buffer += chunk
-        return True
-
-    def read_answer(self, method: str) -> tuple[Answer, bool]:
-        """Read one answer; return it and whether the connection can carry another."""
-        received_any = False
-        interim = 0
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end > MAX_HEAD or (end < 0 and len(self.buffer) > MAX_HEAD):
-                raise _Malformed("the answer's head is larger than 64 KiB")
-            if end < 0:
-                if not self._fill():
-                    if not received_any and not self.buffer:
-                        raise _Stale("the server closed the connection without answering")
-                    raise _Malformed("the server closed the connection in the middle of its answer")
-                received_any = True
-                continue
-            head = bytes(self.buffer[:end]).decode("latin-1")
-            del self.buffer[: end + 4]
-            version, status, reason, headers = _parse_head(head)
-            if 100 <= status < 200:
-                # An interim answer (100 Continue, 102 Processing): the real one follows.
-                interim += 1
-                if interim > MAX_INTERIM:
-                    raise _Malformed(f"more than {MAX_INTERIM} interim (1xx) answers")
-                continue
-            break
-        reusable = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        if method == "HEAD" or status in (204, 304):
-            pass
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            self._skip_chunked()
-        elif "content-length" in headers:
-            length = headers["content-length"]
-            if not _DIGITS.fullmatch(length):
-                raise _Malformed(f"invalid Content-Length {length!r}")
-            # Digits counted first: int() refuses more than 4300 of them (ValueError).
-            digits = length.lstrip("0")
-            if len(digits) > _CAP_DIGITS or int(digits or "0") > MAX_ANSWER_BODY:
-                raise _too_large()
-            self._skip(int(digits or "0"))
-        else:
-            # No length: the body runs to the end of the connection.
-            received = len(self.buffer)
-            self.buffer.clear()
-            while received <= MAX_ANSWER_BODY and self._fill():
-                received += len(self.buffer)
-                self.buffer.clear()
-            if received > MAX_ANSWER_BODY:
-                raise _too_large()
-            reusable = False
-        return Answer(status, reason, headers), reusable
-
-    def _skip(self, count: int) -> None:
-        while count:
-            if not self.buffer and not self._fill():
-                raise _Malformed("the server closed the connection in the middle of a body")
-            taken = min(count, len(self.buffer))
-            del self.buffer[:taken]
-            count -= taken
-
-    def _line(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 2]
-                return line
-            if len(self.buffer) > MAX_HEAD or not self._fill():
-                raise _Malformed("a chunked body was cut short")
-
-    def _skip_chunked(self) -> None:
-        budget = MAX_ANSWER_BODY  # framing and trailers count: they could be endless too
-        while True:
-            line = self._line()
-            budget -= len(line) + 2
-            size_text = line.split(b";", 1)[0].strip()
-            if not _HEX.fullmatch(size_text):
-                raise _Malformed(f"invalid chunk size {size_text[:20]!r}")
-            size = int(size_text, 16)
-            if size == 0:
-                while True:  # trailer fields, up to an empty line
-                    line = self._line()
-                    budget -= len(line) + 2
-                    if budget < 0:
-                        raise _too_large()
-                    if not line:
-                        return
-            budget -= size + 2
-            if budget < 0:
-                raise _too_large()
-            self._skip(size + 2)
-
-
-def read_exactly(handle: IO[bytes], size: int) -> bytes:
-    """Up to ``size`` bytes from ``handle``, however short its reads are."""
-    parts = []
-    remaining = size
-    while remaining > 0:
-        data = handle.read(remaining)
-        if not data:
-            break
-        parts.append(data)
-        remaining -= len(data)
-    return b"".join(parts)
-
-
-def _has_fileno(handle: IO[bytes]) -> bool:
-    try:
-        handle.fileno()
-    except (OSError, AttributeError, ValueError):
-        return False
-    return True
-
-
-def _parse_head(head: str) -> tuple[str, int, str, dict[str, str]]:
-    status_line, _, rest = head.partition("\r\n")
-    version, _, remainder = status_line.partition(" ")
-    code, _, reason = remainder.partition(" ")
-    if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
-        raise _Malformed(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-    headers: dict[str, str] = {}
-    for line in rest.split("\r\n") if rest else ():
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise _Malformed(f"invalid header line {line[:80]!r}")
-        key = name.lower()
-        value = value.strip()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return version, int(code), reason.strip(), headers
-
 
 # What sending on a connection the server has closed raises (TLS has its own words).
 _CLOSED = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
+def _read_whole(conn: Connection, method: str) -> tuple[Answer, bool]:
+    """Read one answer to a write to its end, body dropped; return it and whether the
+    connection can carry another request."""
+    parse = _LeanParse(conn, method)
+    parse.read_all()
+    return parse.answer(), parse.reusable()
+
+
+def _read_head(conn: Connection, method: str) -> _Parse:
+    """Read the head of an answer whose body its reader reads."""
+    parse = _Parse(conn, method, capped=False, keep_body=True)
+    parse.read_head()
+    return parse
+
+
 def _answer_left_on(conn: Connection, method: str) -> Answer | None:
     """An answer the server sent before closing a connection we could not finish sending on."""
     try:
-        answer, _ = conn.read_answer(method)
+        answer, _ = _read_whole(conn, method)
     except Exception:
         return None
     return answer
@@ -406,17 +772,20 @@ def basic_credentials(user: str, password: str) -> str:
     return f"Basic {token}"
 
 
+# --- requests --------------------------------------------------------------------------
+
+
 class Pending:
     """A request on the wire whose answer has not been read yet.
 
     If the connection turns out to have been closed before the server answered (a
     keep-alive timeout or a reload racing our request), the request is sent once more
-    on a new connection: PUT, DELETE and MKCOL are idempotent. The retry keeps the
-    deadline set here, so a flaky server cannot double a save's wait.
+    on a new connection: every method the library sends is idempotent. The retry keeps
+    the deadline set here, so a flaky server cannot double a save's wait.
     """
 
     def __init__(
-        self, pool: ConnectionPool, method: str, target: str, head: bytes, body: Any
+        self, pool: ConnectionPool, method: str, target: str, head: bytes, body: Body | None
     ) -> None:
         size = 0 if body is None else body.size
         self.deadline = time.monotonic() + pool.read_timeout + size / pool.min_transfer_rate
@@ -432,7 +801,7 @@ class Pending:
             if len(self.inline) != self.size:
                 # A file that shrank since it was measured: sent as it is, the server
                 # would wait for the missing bytes until our read timeout.
-                raise requests.ConnectionError(
+                raise ConnectionError(
                     f"{method} {pool.url(target)}: the body ended after "
                     f"{len(self.inline)} of {self.size} bytes"
                 )
@@ -463,51 +832,182 @@ class Pending:
     def _count_retry(self, exc: BaseException) -> None:
         where = f"{self.method} {self.pool.url(self.target)}"
         if self.retried:
-            raise requests.ConnectionError(
+            raise ConnectionError(
                 f"{where}: the connection was closed "
                 f"before any answer, twice ({exc or type(exc).__name__})"
             ) from exc
         if time.monotonic() >= self.deadline:
             # Noticed late (another host's answer was awaited first): the retry keeps
             # the deadline, so there is no time left to send again.
-            raise requests.ReadTimeout(
+            raise ReadTimeout(
                 f"{where}: the connection was closed before any answer, with no time left "
                 f"to send again within {self.pool.deadline_reason(self)}"
             ) from exc
         self.retried = True
 
-    def answer(self) -> Answer:
-        """Wait for the server's answer (within the request's deadline) and return it.
-
-        Called past the deadline (the fan-out awaited another host first), it still
-        takes an answer that has arrived, within ``LATE_READ``.
-        """
+    def _late(self) -> None:
+        """Called past the deadline (the fan-out awaited another host first), still take
+        an answer that has arrived, within ``LATE_READ``."""
         if self.conn is not None:
             now = time.monotonic()
             if now > self.deadline:
                 self.conn.deadline = now + LATE_READ
-        while self._early is None:
+
+    def _read(self, read: Any) -> Any:
+        """Run ``read(conn)`` on the connection, sending again once if it was stale."""
+        self._late()
+        while True:
             conn = self.conn
             assert conn is not None
             try:
-                answer, reusable = conn.read_answer(self.method)
+                return read(conn)
             except (_Stale, *_CLOSED) as exc:
                 self._discard()
                 self._count_retry(exc)
                 self._send()
-                continue
+                if self._early is not None:
+                    return None
             except BaseException as exc:
                 self._discard()
                 raise self.pool.translate(exc, self) from exc
-            self.pool.release(conn, reusable)
-            self.conn = None
-            return answer
-        return self._early
+
+    def answer(self) -> Answer:
+        """Wait for the server's whole answer (within the request's deadline), body dropped."""
+        if self._early is not None:
+            return self._early
+        outcome = self._read(lambda conn: _read_whole(conn, self.method))
+        if outcome is None:
+            assert self._early is not None
+            return self._early
+        answer, reusable = outcome
+        conn = self.conn
+        assert conn is not None
+        self.conn = None
+        self.pool.release(conn, reusable)
+        return answer
+
+    def response(self) -> Response:
+        """Wait for the answer's head; its body is read from the returned Response."""
+        if self._early is not None:
+            return Response.without_body(self._early)
+        parse = self._read(lambda conn: _read_head(conn, self.method))
+        if parse is None:
+            assert self._early is not None
+            return Response.without_body(self._early)
+        conn = self.conn
+        assert conn is not None
+        self.conn = None
+        # The body goes at its reader's pace, each read within the read timeout.
+        conn.deadline = float("inf")
+        return Response(self, conn, parse)
 
     def _discard(self) -> None:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+class Response(io.RawIOBase):
+    """An answer whose body is read as its reader goes: a streamed download, a listing.
+
+    At most one received piece of the body (one socket read) is held. The connection
+    goes back to the pool once the body has been read to its end, which for a HEAD or
+    a small answer is before the Response is even handed over; closed before that,
+    the connection is closed too (what is left of the body could be anything).
+    """
+
+    status: int
+    reason: str
+    #: The header fields, any case looks up.
+    headers: Headers
+    #: The body's Content-Length, or for HEAD the length a GET would have (None: unknown).
+    size: int | None
+
+    def __init__(self, pending: Pending | None, conn: Connection | None, parse: _Parse) -> None:
+        super().__init__()
+        self._pending = pending
+        self._conn = conn
+        self._parse = parse
+        self._rest = b""  # what a short read left of a piece
+        self.status = parse.status
+        self.reason = parse.reason.decode("latin-1").strip()
+        self.headers = parse.headers
+        self.size = parse.length
+        self._check()
+
+    @classmethod
+    def without_body(cls, early: Answer) -> Response:
+        """An answer already read whole (sent before the request was): nothing to read."""
+        parse = _Parse.__new__(_Parse)
+        parse.status, parse.reason = early.status, early.reason.encode("latin-1")
+        parse.fields = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in early.headers.items()
+        ]
+        parse.body, parse.complete, parse.length = [], True, 0
+        parse.head_fields = len(parse.fields)
+        return cls(None, None, parse)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._rest]
+            self._rest = b""
+            while piece := self._next():
+                parts.append(piece)
+            return b"".join(parts)
+        piece = self._rest or self._next()
+        self._rest = piece[size:]
+        return piece[:size]
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, target: Any) -> int:
+        view = memoryview(target).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def _next(self) -> bytes:
+        parse = self._parse
+        if parse.body or self._conn is None:
+            piece = parse.body.pop(0) if parse.body else b""
+        else:
+            try:
+                piece = parse.next_piece()
+            except BaseException as exc:
+                self._drop()
+                assert self._pending is not None
+                raise self._pending.pool.translate(exc, self._pending) from exc
+        self._check()
+        return piece
+
+    def _check(self) -> None:
+        """Give the connection back once the body has been received to its end."""
+        conn = self._conn
+        if conn is not None and self._parse.complete:
+            self._conn = None
+            assert self._pending is not None
+            self._pending.pool.release(conn, self._parse.reusable())
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+        self._parse.body = []
+        self._rest = b""
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+# --- the pool --------------------------------------------------------------------------
 
 
 class ConnectionPool:
@@ -543,6 +1043,7 @@ class ConnectionPool:
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
+        self._header_lines: dict[tuple[tuple[str, str], ...], str] = {}
         #: Connections opened and requests sent over the pool's life (tests, bench).
         self.opened = 0
         self.sent = 0
@@ -551,22 +1052,34 @@ class ConnectionPool:
         return self.host.origin + target
 
     def start(
-        self, method: str, target: str, *, headers: dict[str, str], body: Any = None
+        self, method: str, target: str, *, headers: Mapping[str, str], body: Body | None = None
     ) -> Pending:
         """Send a request (``target`` already quoted) and return it, not yet answered."""
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.netloc}"]
-        for name, value in headers.items():
-            # A line break in a value (a token read from a file with its newline) would
-            # end the head early or inject a header: refuse it, as requests does.
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise requests.exceptions.InvalidHeader(
-                    f"invalid header {name!r}: names are tokens, values have no line breaks"
-                )
-            lines.append(f"{name}: {value}")
+        lines = f"{method} {target} HTTP/1.1\r\nHost: {self.netloc}\r\n"
+        if headers:
+            lines += self._fields(headers)
         if body is not None or method == "PUT":
-            lines.append(f"Content-Length: {0 if body is None else body.size}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            lines += f"Content-Length: {0 if body is None else body.size}\r\n"
+        head = (lines + "\r\n").encode("latin-1")
         return Pending(self, method, target, head, body)
+
+    def _fields(self, headers: Mapping[str, str]) -> str:
+        """Header lines, checked once per set of headers: a transport sends the same
+        credentials with every write."""
+        key = tuple(headers.items())
+        lines = self._header_lines.get(key)
+        if lines is None:
+            for name, value in key:
+                # A line break in a value (a token read from a file with its newline)
+                # would end the head early or inject a header: refuse it.
+                if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                    raise ValueError(
+                        f"invalid header {name!r}: names are tokens, values have no line breaks"
+                    )
+            lines = "".join(f"{name}: {value}\r\n" for name, value in key)
+            if len(self._header_lines) < 64:
+                self._header_lines[key] = lines
+        return lines
 
     def acquire(self, pending: Pending, *, fresh: bool = False) -> Connection:
         """A connection for one request: an idle one, or a new one if ``fresh``.
@@ -590,7 +1103,7 @@ class ConnectionPool:
         return conn
 
     def release(self, conn: Connection, reusable: bool) -> None:
-        if reusable and not conn.buffer:
+        if reusable:
             with self._lock:
                 if len(self._idle) < self.max_idle:
                     conn.idle_since = time.monotonic()
@@ -628,8 +1141,8 @@ class ConnectionPool:
                 else:
                     context = ssl.create_default_context(cafile=self.verify)
             else:
-                # The same trust store as requests (certifi), so reads and writes
-                # accept the same certificates.
+                # certifi's bundle, as requests and most Python HTTP clients use: the
+                # same certificates are accepted whatever the operating system trusts.
                 context = ssl.create_default_context(cafile=certifi.where())
             self._ssl_context = context
         return self._ssl_context
@@ -642,28 +1155,26 @@ class ConnectionPool:
         connecting: bool = False,
         sending: bool = False,
     ) -> BaseException:
-        """The requests exception for a low-level failure, naming the request."""
-        if isinstance(exc, requests.RequestException):
+        """The TransportError for a low-level failure, naming the request."""
+        if isinstance(exc, TransportError):
             return exc
         where = f"{pending.method} {self.url(pending.target)}"
         if isinstance(exc, _Malformed):
-            return requests.ConnectionError(f"{where}: invalid answer: {exc}")
+            return ConnectionError(f"{where}: invalid answer: {exc}")
         if isinstance(exc, _Deadline):
             what = "the request was not sent in full" if sending else "no complete answer"
-            return requests.ReadTimeout(f"{where}: {what} within {self.deadline_reason(pending)}")
+            return ReadTimeout(f"{where}: {what} within {self.deadline_reason(pending)}")
         if isinstance(exc, TimeoutError):
             if connecting:
-                return requests.ConnectTimeout(
-                    f"{where}: no connection within {self.connect_timeout}s"
-                )
+                return ConnectTimeout(f"{where}: no connection within {self.connect_timeout}s")
             if sending:
-                return requests.ReadTimeout(f"{where}: sending stalled for {self.read_timeout}s")
-            return requests.ReadTimeout(f"{where}: no answer within {self.read_timeout}s")
+                return ReadTimeout(f"{where}: sending stalled for {self.read_timeout}s")
+            return ReadTimeout(f"{where}: no answer within {self.read_timeout}s")
         if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-            return requests.exceptions.SSLError(f"{where}: {exc}")
+            return SSLError(f"{where}: {exc}")
         if isinstance(exc, OSError):
             verb = "cannot connect" if connecting else "connection failed"
-            return requests.ConnectionError(f"{where}: {verb}: {exc}")
+            return ConnectionError(f"{where}: {verb}: {exc}")
         return exc
 
     def deadline_reason(self, pending: Pending) -> str:

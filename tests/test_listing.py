@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-import requests
 
 from django_resto import listing
 from django_resto.listing import (
@@ -251,11 +250,14 @@ def test_timeout_is_bounded(media_server_factory: Factory):
 
 
 class _Response:
-    """Just enough of requests.Response for the PROPFIND parser."""
+    """Just enough of wire.Response for the PROPFIND parser."""
 
     def __init__(self, status: int, body: bytes) -> None:
-        self.status_code = status
-        self.content = body
+        self.status = status
+        self.body = body
+
+    def read(self) -> bytes:
+        return self.body
 
     def close(self) -> None:
         pass
@@ -317,10 +319,10 @@ def test_unknown_method_is_refused(media_server_factory: Factory):
         list_host(transport_for(server), method="ftp")
 
 
-def test_requests_exceptions_do_not_escape_probe(media_server_factory: Factory):
+def test_transport_errors_do_not_escape_probe(media_server_factory: Factory):
     server = media_server_factory("test", listing_prefix=None)
     seed(server, {"a": b"a"})
     server.drop_connections(True, methods="HEAD")
     with pytest.raises(ListingError) as caught:
         list_host(transport_for(server), expected=["a", "b", "c"], method=HEAD)
-    assert isinstance(caught.value.__cause__, requests.ConnectionError)
+    assert isinstance(caught.value.__cause__, ConnectionError)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 import time
 
 import pytest
-import requests
 
-from django_resto.settings import parse_host
+from django_resto.hosts import parse_host
 from django_resto.transport import (
     BytesBody,
     FileBody,
@@ -100,7 +100,7 @@ def test_names_are_quoted_and_arrive_intact(test_servers, name):
     transport = transport_for(server)
     transport.put(name, BytesBody(name.encode()))
     assert server.read(name) == name.encode()
-    assert transport.head(name) is not None
+    assert transport.stat(name) is not None
     assert transport.delete(name) is True
     assert not server.exists(name)
 
@@ -170,16 +170,57 @@ def test_delete_statuses(test_servers):
         assert (info.value.method, info.value.status) == ("DELETE", status)
 
 
-def test_head_and_get(test_servers):
+def test_stat_and_open(test_servers):
     (server,) = test_servers()
     server.write("a.txt", b"hello")
     transport = transport_for(server)
-    assert transport.head("a.txt").headers["Content-Length"] == "5"
-    assert transport.head("missing.txt") is None
-    response = transport.get("a.txt")
-    assert response.raw.read() == b"hello"
+    stat = transport.stat("a.txt")
+    assert stat is not None and stat.size == 5
+    assert stat.modified is not None and stat.modified.endswith(" GMT")
+    assert transport.stat("missing.txt") is None
+    with transport.open("a.txt") as response:
+        assert response.size == 5
+        assert response.read() == b"hello"
     with pytest.raises(FileNotFoundError, match=f"missing.txt does not exist on {server.host}"):
-        transport.get("missing.txt")
+        transport.open("missing.txt")
+    # Reads and writes share one pool: every request above went over one connection.
+    assert (transport.pool.opened, transport.pool.sent) == (1, 4)
+
+
+def test_stat_and_open_unexpected_status(test_servers):
+    (server,) = test_servers()
+    server.write("a.txt", b"hello")
+    transport = transport_for(server)
+    server.fail_next(503, count=2)
+    with pytest.raises(UnexpectedStatusCode) as info:
+        transport.stat("a.txt")
+    assert (info.value.method, info.value.status) == ("HEAD", 503)
+    with pytest.raises(UnexpectedStatusCode) as info:
+        transport.open("a.txt")
+    assert (info.value.method, info.value.status) == ("GET", 503)
+
+
+def test_a_download_streams_and_returns_its_connection_only_when_read_to_the_end(test_servers):
+    (server,) = test_servers()
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    server.write("big.bin", data)
+    transport = transport_for(server)
+    response = transport.open("big.bin")
+    assert response.size == len(data)
+    first = response.read(1000)
+    assert 0 < len(first) <= 1000  # a short read is allowed; never the whole file at once
+    assert transport.pool._idle == []  # the connection is still the download's
+    rest = response.read()
+    assert first + rest == data
+    assert len(transport.pool._idle) == 1  # read to its end: back in the pool
+    response.close()
+    # Closed before its end, a download's connection is closed, not reused.
+    partial = transport.open("big.bin")
+    assert partial.read(10)
+    partial.close()
+    assert transport.pool._idle == []
+    assert transport.stat("big.bin") is not None
+    assert transport.pool.opened == 2
 
 
 def test_connection_refused(test_servers):
@@ -187,15 +228,17 @@ def test_connection_refused(test_servers):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     transport = HostTransport(parse_host(f"127.0.0.1:{port}"), "/media/", timeout=2)
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(ConnectionError):
         transport.put("a.txt", BytesBody(b"x"))
+    with pytest.raises(ConnectionError):
+        transport.stat("a.txt")
 
 
 def test_hanging_server_times_out(test_servers):
     (server,) = test_servers()
     server.hang()
     transport = transport_for(server, timeout=0.3)
-    with pytest.raises(requests.Timeout):
+    with pytest.raises(TimeoutError):
         transport.put("a.txt", BytesBody(b"x"))
     assert server.hanging == 1  # one request, not retried
     server.release()
@@ -216,7 +259,7 @@ def test_one_dropped_connection_is_retried_once(test_servers):
 def test_a_server_that_always_drops_connections_fails(test_servers):
     (server,) = test_servers()
     server.drop_connections(True)
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(ConnectionError):
         transport_for(server).put("a.txt", BytesBody(b"x"))
     assert [(method, status) for method, _, status in methods(server, 2)] == [
         ("PUT", None),
@@ -244,7 +287,7 @@ def test_basic_auth_only_on_write_methods(test_servers):
         anonymous.put("a.txt", BytesBody(b"x"))
     writer = transport_for(server, auth=("writer", "s3cret"))
     assert writer.put("a.txt", BytesBody(b"x")).created
-    assert writer.head("public.txt") is not None
+    assert writer.stat("public.txt") is not None
     assert last(server, 3).method == "HEAD"
     assert "Authorization" not in last(server, 3).headers  # reads carry no credentials
     assert writer.delete("a.txt") is True
@@ -265,15 +308,6 @@ def test_credentials_never_in_errors(test_servers):
         transport_for(server, auth=("writer", "s3cret"), token="t0ken").put("a", BytesBody(b"x"))
     assert "s3cret" not in str(info.value) and "t0ken" not in str(info.value)
     assert "s3cret" not in repr(info.value.args)
-
-
-def test_transport_pickles_without_its_session(test_servers):
-    (server,) = test_servers()
-    transport = transport_for(server)
-    transport.put("a.txt", BytesBody(b"x"))
-    clone = pickle.loads(pickle.dumps(transport))
-    assert clone._session is None
-    assert clone.put("a.txt", BytesBody(b"y")).created is False
 
 
 def test_empty_put_answered_500_gets_parents_like_lighttpd(test_servers):

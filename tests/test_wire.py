@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import requests
 
 from django_resto import wire
-from django_resto.settings import parse_host
+from django_resto.hosts import parse_host
 from django_resto.transport import BytesBody, FileBody
 from tests.servers import TlsFiles
 
@@ -374,7 +373,7 @@ def test_chunked_answer_with_extensions_and_trailers_then_reuse(scripted, pool_f
     server = scripted(
         reply(
             b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"5;name=value\r\nhello\r\n1A ; other\r\n" + b"z" * 26 + b"\r\n",
+            b"5;name=value\r\nhello\r\n1A;other\r\n" + b"z" * 26 + b"\r\n",
             b"0;last\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n",
         ),
         reply(NO_CONTENT),
@@ -502,22 +501,24 @@ def test_204_body_is_not_waited_for(scripted, pool_for):
     assert (pool.opened, pool.sent) == (1, 2)
 
 
-# Malformed answers
+# Malformed answers (the details are llhttp's words)
+
+BAD_LENGTH = "invalid character in Content-Length"
 
 
 @pytest.mark.parametrize(
     ("parts", "detail"),
     [
-        ((b"SPDY/3 201 Created\r\n\r\n",), "not an HTTP/1.x status line"),
-        ((b"HTTP/1.1 20 Created\r\n\r\n",), "not an HTTP/1.x status line"),
-        ((b"HTTP/1.1 2x1 Created\r\n\r\n",), "not an HTTP/1.x status line"),
-        ((b"<html>hello</html>\r\n\r\n",), "not an HTTP/1.x status line"),
-        ((b"HTTP/1.1 201 Created\r\nNo colon here\r\n\r\n",), "invalid header line"),
-        ((b"HTTP/1.1 201 Created\r\n: empty name\r\n\r\n",), "invalid header line"),
-        ((b"HTTP/1.1 201 Created\r\nX-Folded: a\r\n  b\r\n\r\n",), "invalid header line"),
-        ((b"HTTP/1.1 201 Created\r\nContent-Length: ten\r\n\r\n",), "invalid Content-Length"),
-        ((b"HTTP/1.1 201 Created\r\nContent-Length: -1\r\n\r\n",), "invalid Content-Length"),
-        ((b"HTTP/1.1 201 Created\r\nContent-Length: 1, 1\r\n\r\n",), "invalid Content-Length"),
+        ((b"SPDY/3 201 Created\r\n\r\n",), "expected HTTP/"),
+        ((b"HTTP/1.1 20 Created\r\n\r\n",), "invalid status code"),
+        ((b"HTTP/1.1 2x1 Created\r\n\r\n",), "invalid status code"),
+        ((b"<html>hello</html>\r\n\r\n",), "expected HTTP/"),
+        ((b"HTTP/1.1 201 Created\r\nNo colon here\r\n\r\n",), "invalid header token"),
+        ((b"HTTP/1.1 201 Created\r\n: empty name\r\n\r\n",), "invalid header token"),
+        ((b"HTTP/1.1 201 Created\r\nX-Folded: a\r\n  b\r\n\r\n",), "unexpected whitespace"),
+        ((b"HTTP/1.1 201 Created\r\nContent-Length: ten\r\n\r\n",), BAD_LENGTH),
+        ((b"HTTP/1.1 201 Created\r\nContent-Length: -1\r\n\r\n",), BAD_LENGTH),
+        ((b"HTTP/1.1 201 Created\r\nContent-Length: 1, 1\r\n\r\n",), BAD_LENGTH),
         ((b"HTTP/1.1 201 Created\r\nX-Big: " + b"a" * 200_000,), "larger than 64 KiB"),
         (
             (b"HTTP/1.1 201 Created\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",),
@@ -525,11 +526,11 @@ def test_204_body_is_not_waited_for(scripted, pool_for):
         ),
         (
             (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",),
-            "invalid chunk size",
+            "invalid character in chunk size",
         ),
         (
             (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",),
-            "invalid chunk size",
+            "invalid character in chunk size",
         ),
     ],
     ids=[
@@ -552,12 +553,12 @@ def test_204_body_is_not_waited_for(scripted, pool_for):
 def test_malformed_answer(scripted, pool_for, parts, detail):
     server = scripted(reply(*parts), reply(CREATED))
     pool = pool_for(server)
-    with pytest.raises(requests.ConnectionError) as info:
+    with pytest.raises(ConnectionError) as info:
         put(pool)
     message = str(info.value)
     assert message.startswith(f"PUT {server.origin}/media/a.txt: invalid answer: ")
     assert detail in message
-    assert not isinstance(info.value, requests.Timeout)
+    assert not isinstance(info.value, TimeoutError)
     # Never retried, and the broken connection is never used again.
     assert len(server.requests) == 1
     assert put(pool).status == 201
@@ -575,11 +576,11 @@ def test_malformed_answer(scripted, pool_for, parts, detail):
         ),
         (
             (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n"),
-            "chunked body was cut short",
+            "middle of a body",
         ),
         (
             (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: 1\r\n",),
-            "chunked body was cut short",
+            "middle of a body",
         ),
     ],
     ids=["in-head", "in-body", "in-chunk", "between-chunks", "in-trailers"],
@@ -587,7 +588,7 @@ def test_malformed_answer(scripted, pool_for, parts, detail):
 def test_connection_closed_in_the_middle_of_an_answer(scripted, pool_for, parts, detail):
     server = scripted(reply(*parts, close=True))
     pool = pool_for(server)
-    with pytest.raises(requests.ConnectionError) as info:
+    with pytest.raises(ConnectionError) as info:
         put(pool)
     assert str(info.value).startswith(f"PUT {server.origin}/media/a.txt: invalid answer: ")
     assert detail in str(info.value)
@@ -610,7 +611,7 @@ def test_connection_closed_before_any_answer_is_retried_once(scripted, pool_for)
 def test_connection_always_closed_before_any_answer_fails_after_two_attempts(scripted, pool_for):
     server = scripted(Act.CLOSE, Act.CLOSE, Act.CLOSE)
     pool = pool_for(server)
-    with pytest.raises(requests.ConnectionError) as info:
+    with pytest.raises(ConnectionError) as info:
         put(pool)
     message = str(info.value)
     assert message.startswith(f"PUT {server.origin}/media/a.txt: the connection was closed")
@@ -667,7 +668,7 @@ def test_no_answer_is_a_read_timeout_without_a_retry(scripted, pool_for):
     server = scripted(Act.HANG, reply(CREATED))
     pool = pool_for(server, read_timeout=0.3)
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         put(pool)
     elapsed = time.monotonic() - began
     assert 0.25 <= elapsed < 2
@@ -685,11 +686,11 @@ def test_connection_refused_names_method_and_url():
     pool = wire.ConnectionPool(
         parse_host(f"127.0.0.1:{port}"), connect_timeout=2.0, read_timeout=2.0
     )
-    with pytest.raises(requests.ConnectionError) as info:
+    with pytest.raises(ConnectionError) as info:
         pool.start("DELETE", "/media/x%20y.txt", headers={})
     message = str(info.value)
     assert message.startswith(f"DELETE http://127.0.0.1:{port}/media/x%20y.txt: cannot connect: ")
-    assert not isinstance(info.value, requests.Timeout)
+    assert not isinstance(info.value, TimeoutError)
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
     assert (pool.opened, pool.sent) == (0, 1)
 
@@ -714,14 +715,14 @@ def test_full_accept_queue_is_a_connect_timeout():
                 parse_host(f"127.0.0.1:{port}"), connect_timeout=0.3, read_timeout=2.0
             )
             began = time.monotonic()
-            with pytest.raises(requests.ConnectTimeout) as info:
+            with pytest.raises(TimeoutError) as info:
                 pool.start("PUT", "/media/a.txt", headers={}, body=BytesBody(b"x"))
             assert time.monotonic() - began < 2
         finally:
             for filler in fillers:
                 filler.close()
     assert str(info.value) == f"PUT http://127.0.0.1:{port}/media/a.txt: no connection within 0.3s"
-    assert isinstance(info.value, requests.ConnectionError)
+    assert isinstance(info.value, ConnectionError)
     assert (pool.opened, pool.sent) == (0, 1)
 
 
@@ -738,7 +739,7 @@ def test_file_that_shrank_after_it_was_measured_fails_and_spoils_the_connection(
         handle.truncate(10_000)
     server = scripted(reply(CREATED))
     pool = pool_for(server)
-    with pytest.raises(requests.ConnectionError) as info:
+    with pytest.raises(ConnectionError) as info:
         pool.start("PUT", "/media/s.bin", headers={}, body=body)
     assert str(info.value).startswith(f"PUT {server.origin}/media/s.bin: connection failed: ")
     assert f"after 10000 of {wire.INLINE_BODY + 50_000} bytes" in str(info.value)
@@ -757,7 +758,7 @@ def test_small_file_that_shrank_after_it_was_measured_fails(scripted, pool_for, 
     path.write_bytes(b"a" * 10)
     server = scripted(reply(CREATED))
     pool = pool_for(server, read_timeout=0.3)
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(ConnectionError):
         pool.start("PUT", "/media/s.txt", headers={}, body=body).answer()
 
 
@@ -876,7 +877,7 @@ def test_chunk_size_must_be_hex_digits(scripted, pool_for, chunks):
     server = scripted(
         reply(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks, close=True)
     )
-    with pytest.raises(requests.ConnectionError, match="invalid answer: invalid chunk size"):
+    with pytest.raises(ConnectionError, match="invalid answer: invalid character in chunk size"):
         put(pool_for(server))
 
 
@@ -890,7 +891,7 @@ def test_chunk_size_must_be_hex_digits(scripted, pool_for, chunks):
 )
 def test_superscript_digits_are_an_invalid_answer(scripted, pool_for, answer):
     server = scripted(reply(answer))
-    with pytest.raises(requests.ConnectionError, match="invalid answer"):
+    with pytest.raises(ConnectionError, match="invalid answer"):
         put(pool_for(server))
 
 
@@ -903,7 +904,7 @@ def test_head_just_over_64k_is_an_invalid_answer(scripted, pool_for):
     pending = pool.start("PUT", "/media/a.txt", headers={}, body=BytesBody(b"x"))
     # The whole answer is in our socket buffer before it is read.
     assert server.wait_for(lambda: server.answered == 1)
-    with pytest.raises(requests.ConnectionError, match="larger than 64 KiB"):
+    with pytest.raises(ConnectionError, match="larger than 64 KiB"):
         pending.answer()
 
 
@@ -964,7 +965,7 @@ def test_answer_head_trickled_a_byte_at_a_time_fails_at_the_deadline(scripted, p
     pool = pool_for(server, read_timeout=0.5)
     body = b"x" * wire.INLINE_BODY
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         put(pool, body)
     elapsed = time.monotonic() - began
     assert str(info.value) == (
@@ -990,7 +991,7 @@ def test_answer_trickled_over_tls_fails_at_the_deadline(scripted, pool_for, tls_
     server = scripted(trickle(CREATED, 0.1), tls=tls_files)
     pool = pool_for(server, read_timeout=0.5)
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         pool.start("DELETE", "/media/a.txt", headers={}).answer()
     elapsed = time.monotonic() - began
     assert str(info.value) == (
@@ -1003,13 +1004,13 @@ def test_endless_100_continue_fails_after_the_cap(scripted, pool_for):
     server = scripted(reply(repeat=b"HTTP/1.1 100 Continue\r\n\r\n", pause=0))
     pool = pool_for(server)
     began = time.monotonic()
-    with pytest.raises(requests.ConnectionError) as info:
+    with pytest.raises(ConnectionError) as info:
         put(pool)
     assert str(info.value) == (
         f"PUT {server.origin}/media/a.txt: invalid answer: "
         f"more than {wire.MAX_INTERIM} interim (1xx) answers"
     )
-    assert not isinstance(info.value, requests.Timeout)
+    assert not isinstance(info.value, TimeoutError)
     assert time.monotonic() - began < deadline_of(pool, 1) + LATE
     assert (pool.opened, pool.sent) == (1, 1)
     assert server.wait_for(lambda: server.closed == 1)  # the client hung up
@@ -1046,13 +1047,13 @@ def test_endless_answer_body_fails_at_the_cap(scripted, pool_for, head, repeat):
     server = scripted(reply(head, repeat=repeat, pause=0))
     pool = pool_for(server)
     began = time.monotonic()
-    with pytest.raises(requests.ConnectionError) as info:
+    with pytest.raises(ConnectionError) as info:
         put(pool)
     assert str(info.value) == (
         f"PUT {server.origin}/media/a.txt: invalid answer: the answer's body is larger "
         "than 1 MiB, the most an answer to a write may carry"
     )
-    assert not isinstance(info.value, requests.Timeout)
+    assert not isinstance(info.value, TimeoutError)
     assert time.monotonic() - began < deadline_of(pool, 1) + LATE
     assert (pool.opened, pool.sent) == (1, 1)  # never retried
     assert server.wait_for(lambda: server.closed == 1)  # the client closed the connection
@@ -1065,10 +1066,11 @@ def test_endless_answer_body_fails_at_the_cap(scripted, pool_for, head, repeat):
     ids=["one-over", "5000-digits", "leading-zeros"],
 )
 def test_content_length_over_the_cap_fails_without_reading(scripted, pool_for, length):
-    # 5000 digits: more than int() accepts, and still a clean failure of that host.
+    # 5000 digits: more than any length (llhttp's "Content-Length overflow"), and still
+    # a clean failure of that host.
     server = scripted(reply(b"HTTP/1.1 201 Created\r\nContent-Length: " + length + b"\r\n\r\n"))
     pool = pool_for(server)
-    with pytest.raises(requests.ConnectionError, match="larger than 1 MiB, the most an answer"):
+    with pytest.raises(ConnectionError, match=r"larger than 1 MiB, the most an answer|overflow"):
         put(pool)
     assert server.wait_for(lambda: server.closed == 1)
     assert pool._idle == []
@@ -1098,7 +1100,7 @@ def test_answer_body_of_exactly_the_cap_is_accepted(scripted, pool_for, framing)
 def test_answer_body_one_byte_over_the_cap_fails(scripted, pool_for, framing):
     server = scripted(body_of(framing, wire.MAX_ANSWER_BODY + 1), reply(CREATED))
     pool = pool_for(server)
-    with pytest.raises(requests.ConnectionError, match="larger than 1 MiB, the most an answer"):
+    with pytest.raises(ConnectionError, match="larger than 1 MiB, the most an answer"):
         put(pool)
     assert put(pool).status == 201
     assert (pool.opened, pool.sent) == (2, 2)
@@ -1109,7 +1111,7 @@ def test_endless_close_delimited_body_trickled_fails_at_the_deadline(scripted, p
     server = scripted(reply(b"HTTP/1.1 201 Created\r\n\r\n", repeat=b"x" * 100, pause=0.05))
     pool = pool_for(server, read_timeout=0.5)
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         put(pool)
     elapsed = time.monotonic() - began
     assert str(info.value) == (
@@ -1140,7 +1142,7 @@ def test_server_reading_the_body_slowly_is_bounded_by_the_deadline(
     else:
         body = BytesBody(data)
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         pool.start("PUT", "/media/big.bin", headers={}, body=body).answer()
     elapsed = time.monotonic() - began
     assert str(info.value) == (
@@ -1162,7 +1164,7 @@ def test_server_reading_the_body_slowly_over_tls_is_bounded_by_the_deadline(
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(SLOW_BODY))
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         pool.start("PUT", "/media/big.bin", headers={}, body=FileBody(path)).answer()
     elapsed = time.monotonic() - began
     assert str(info.value) == (
@@ -1186,7 +1188,7 @@ def test_server_that_stops_reading_fails_after_the_read_timeout(scripted, pool_f
     else:
         body = BytesBody(data)
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         pool.start("PUT", "/media/big.bin", headers={}, body=body).answer()
     assert str(info.value) == f"PUT {server.origin}/media/big.bin: sending stalled for 0.3s"
     assert 0.3 <= time.monotonic() - began < 0.3 + LATE
@@ -1221,7 +1223,7 @@ def test_retry_after_a_stale_connection_keeps_the_deadline(scripted, pool_for):
     server = scripted(reply(delay=0.4, close=True), Act.HANG)
     pool = pool_for(server, read_timeout=0.6)
     began = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         put(pool)
     elapsed = time.monotonic() - began
     assert str(info.value) == (
@@ -1239,7 +1241,7 @@ def test_no_retry_once_the_deadline_has_passed(scripted, pool_for):
     pool = pool_for(server, read_timeout=0.5)
     pending = pool.start("DELETE", "/media/a.txt", headers={})
     assert server.wait_for(lambda: server.closed == 1)
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         pending.answer()
     assert str(info.value) == (
         f"DELETE {server.origin}/media/a.txt: the connection was closed before any answer, "
@@ -1256,12 +1258,12 @@ def test_an_answer_received_in_time_is_taken_after_the_deadline(scripted, pool_f
     pools = [pool_for(server, read_timeout=0.5) for server in (hanging, quick, silent)]
     started = [pool.start("PUT", "/media/p", headers={}, body=BytesBody(b"1")) for pool in pools]
     assert quick.wait_for(lambda: quick.answered == 1)
-    with pytest.raises(requests.ReadTimeout, match=r"no answer within 0\.5s"):
+    with pytest.raises(TimeoutError, match=r"no answer within 0\.5s"):
         started[0].answer()
     assert time.monotonic() > started[1].deadline
     assert started[1].answer() == wire.Answer(201, "Created", {"content-length": "0"})
     # Nothing received by the deadline: no second read timeout is waited for.
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         started[2].answer()
     assert str(info.value) == (
         f"PUT {silent.origin}/media/p: no complete answer within 0.5 s "
@@ -1280,10 +1282,10 @@ def test_an_answer_read_after_the_deadline_gets_a_short_grace_not_a_trickle(scri
     pools = [pool_for(server, read_timeout=0.5) for server in (hanging, trickling)]
     began = time.monotonic()
     started = [pool.start("DELETE", "/media/p", headers={}) for pool in pools]
-    with pytest.raises(requests.ReadTimeout, match=r"no answer within 0\.5s"):
+    with pytest.raises(TimeoutError, match=r"no answer within 0\.5s"):
         started[0].answer()
     late = time.monotonic()
-    with pytest.raises(requests.ReadTimeout) as info:
+    with pytest.raises(TimeoutError) as info:
         started[1].answer()
     assert str(info.value) == (
         f"DELETE {trickling.origin}/media/p: no complete answer within 0.5 s (timeout 0.5 s)"
@@ -1328,3 +1330,83 @@ def test_a_timeout_lowered_by_one_deadline_is_raised_for_the_next_request(script
     assert put(pool).status == 204
     assert conn.sock.gettimeout() == conn.timeout == pool.read_timeout
     assert pool.opened == 1
+
+
+# Reads: the same pool, the same parser, the body read at the reader's pace
+
+
+def test_head_answer_is_not_waited_for_its_body_and_keeps_the_connection(scripted, pool_for):
+    # A HEAD answer's Content-Length is the GET's: no body follows, whatever it says.
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\nLast-Modified: x\r\n\r\n"
+    server = scripted(reply(head), reply(CREATED))
+    pool = pool_for(server, read_timeout=1.0)
+    began = time.monotonic()
+    response = pool.start("HEAD", "/media/a.txt", headers={}).response()
+    assert time.monotonic() - began < 0.5
+    assert (response.status, response.size, response.headers["last-modified"]) == (200, 12345, "x")
+    assert response.read() == b""
+    assert len(pool._idle) == 1  # back in the pool before the caller read anything
+    assert put(pool).status == 201
+    assert pool.opened == 1
+
+
+def test_streamed_chunked_download_goes_back_to_the_pool_when_read_to_its_end(scripted, pool_for):
+    server = scripted(
+        reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"5\r\nhello\r\n",
+            b"6\r\n world\r\n0\r\n\r\n",
+        ),
+        reply(CREATED),
+    )
+    pool = pool_for(server)
+    response = pool.start("GET", "/media/a.txt", headers={}).response()
+    assert (response.status, response.size) == (200, None)
+    assert response.read(3) == b"hel"
+    assert pool._idle == []  # still the download's
+    assert response.read() == b"lo world"
+    assert len(pool._idle) == 1
+    response.close()
+    assert put(pool).status == 201
+    assert pool.opened == 1
+
+
+def test_download_closed_before_its_end_closes_the_connection(scripted, pool_for):
+    server = scripted(
+        reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"12345", b"67890"),
+        reply(CREATED),
+    )
+    pool = pool_for(server)
+    response = pool.start("GET", "/media/a.txt", headers={}).response()
+    assert response.read(5) == b"12345"
+    response.close()
+    assert pool._idle == []
+    assert server.wait_for(lambda: server.closed == 1)
+    assert put(pool).status == 201
+    assert (pool.opened, pool.sent) == (2, 2)
+
+
+def test_download_cut_short_is_a_connection_error(scripted, pool_for):
+    server = scripted(reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"12345", close=True))
+    pool = pool_for(server)
+    response = pool.start("GET", "/media/a.txt", headers={}).response()
+    with pytest.raises(ConnectionError, match="in the middle of a body"):
+        response.read()
+    assert pool._idle == []
+
+
+def test_reads_are_retried_once_on_a_stale_connection(scripted, pool_for):
+    server = scripted(Act.CLOSE, reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    pool = pool_for(server)
+    response = pool.start("GET", "/media/a.txt", headers={}).response()
+    assert response.read() == b"ok"
+    assert (pool.opened, pool.sent, len(server.requests)) == (2, 2, 2)
+
+
+def test_a_read_answer_head_is_bounded_by_the_deadline_too(scripted, pool_for):
+    server = scripted(trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0.1))
+    pool = pool_for(server, read_timeout=0.5)
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no complete answer within 0\.5 s"):
+        pool.start("HEAD", "/media/a.txt", headers={}).response()
+    assert 0.5 <= time.monotonic() - began < 0.5 + LATE
