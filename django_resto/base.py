@@ -18,7 +18,7 @@ from .operations import Delete, Put, operation_for, per_host
 from .registry import Capabilities
 from .replicator import Replicator
 from .settings import media_path
-from .targets import DavTarget
+from .targets import Target
 from .transport import Body
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class ReplicatedStorageMixin:
         # FileSystemStorage's (Hybrid, Async) or DistributedStorage's own.
         return media_path(getattr(self, "base_url", None))
 
-    def transport(self, host: str) -> DavTarget:
+    def transport(self, host: str) -> Target:
         """The pooled HTTP transport to ``host`` (rebuilt if MEDIA_URL changed)."""
         return self.replicator.target(host)
 

@@ -56,6 +56,9 @@ def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     )
                 )
         for host in hosts:
+            if host.startswith("storage:"):
+                messages.extend(_storage_target_errors(host, where))
+                continue
             try:
                 parse_host(host)
             except ValueError as exc:
@@ -108,6 +111,25 @@ def check_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 )
             )
     return messages
+
+
+def _storage_target_errors(host: str, where: str) -> list[CheckMessage]:
+    """A ``storage:ALIAS`` host that names no usable storage (see targets_storage.py)."""
+    # Imported only for such a host: the module is the S3 side of django_resto.
+    from .targets_storage import alias_of, configuration_problem
+
+    problem = configuration_problem(alias_of(host) or "")
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"Invalid storage target: {problem}.",
+            hint="A 'storage:ALIAS' host names a STORAGES entry that is not a django_resto "
+            "storage and keeps the names it is given (S3Storage with file_overwrite=True).",
+            obj=where,
+            id="django_resto.E007",
+        )
+    ]
 
 
 @register(Tags.compatibility, "django_resto")

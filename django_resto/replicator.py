@@ -22,13 +22,13 @@ from typing import Any, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
-from . import journal, ordering, registry
+from . import journal, metrics, ordering, registry
 from .breaker import Breaker, breaker_for
 from .exceptions import JournalError, JournalUnavailable, ReplicationError, describe
 from .fanout import FanOut, Outcome, call
 from .operations import Operation
 from .settings import Host, parse_host, resolve_options
-from .targets import DavTarget
+from .targets import DavTarget, Target
 
 logger = logging.getLogger("django_resto.storage")
 
@@ -97,7 +97,21 @@ class Replicator:
         self.storage = storage
         self.options = dict(options)
         hosts: dict[str, Host] = {}
+        #: ``storage:ALIAS`` hosts, by host: replicas kept in another Django storage.
+        self._storage_aliases: dict[str, str] = {}
         for name in resolved["hosts"]:
+            if name.startswith("storage:"):
+                # Imported only then: the core needs nothing of it for media servers.
+                from .targets_storage import alias_of, configuration_problem
+
+                alias = alias_of(name) or ""
+                problem = configuration_problem(alias)
+                if problem is not None:
+                    raise ImproperlyConfigured(f"Invalid storage target in {label}: {problem}.")
+                self._storage_aliases[name] = alias
+                # Its breaker is keyed by the entry itself, which names no URL.
+                hosts[name] = Host(name=name, origin=name)
+                continue
             try:
                 hosts[name] = parse_host(name)
             except ValueError as exc:
@@ -139,9 +153,11 @@ class Replicator:
         self.task_queue: str = resolved["task_queue"]
         self.listing_prefix: str = resolved["listing_prefix"]
         self.fanout = FanOut(self.max_workers)
-        self._targets: dict[str, DavTarget] = {}
+        self._targets: dict[str, Target] = {}
         self._lock = threading.Lock()
         self._journal_key: str | None = None
+        # This process's breakers of the hosts (breaker.py), looked up once each.
+        self._breakers: dict[str, Breaker] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Locks and sockets do not cross process boundaries (task queues pickle the
@@ -149,6 +165,7 @@ class Replicator:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_targets"] = {}
+        state["_breakers"] = {}  # another process has breakers of its own
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -180,15 +197,18 @@ class Replicator:
 
     # --- targets ----------------------------------------------------------------------
 
-    def target(self, host: str) -> DavTarget:
-        """The target for ``host``: its pooled HTTP transport (rebuilt if MEDIA_URL changed)."""
+    def target(self, host: str) -> Target:
+        """The target for ``host``: its pooled HTTP transport (rebuilt if MEDIA_URL changed),
+        or for a ``storage:ALIAS`` host the storage it names."""
+        if host in self._storage_aliases:
+            return self._storage_target(host)
         prefix = self.storage.media_prefix
         current = self._targets.get(host)
-        if current is not None and current.prefix == prefix:
+        if isinstance(current, DavTarget) and current.prefix == prefix:
             return current
         with self._lock:
             current = self._targets.get(host)
-            if current is None or current.prefix != prefix:
+            if not isinstance(current, DavTarget) or current.prefix != prefix:
                 if host not in self._hosts:
                     raise ValueError(f"{host!r} is not one of this storage's hosts")
                 current = DavTarget(
@@ -211,7 +231,34 @@ class Replicator:
                 weakref.finalize(self, current.close)
         return current
 
+    def _storage_target(self, host: str) -> Target:
+        """The StorageTarget of a ``storage:ALIAS`` host (made on first use).
+
+        It holds the instance STORAGES gives for the alias, the one the rest of the site
+        uses; MEDIA_URL means nothing to it. Its threads (a few, whatever the fan-out's
+        size: each keeps a boto3 session) end with :meth:`close` or with the storage.
+        """
+        current = self._targets.get(host)
+        if current is not None:
+            return current
+        from django.core.files.storage import storages
+
+        from .targets_storage import storage_target
+
+        with self._lock:
+            current = self._targets.get(host)
+            if current is None:
+                current = storage_target(
+                    host,
+                    storages[self._storage_aliases[host]],
+                    pool_size=max(4, self.async_workers),
+                )
+                self._targets[host] = current
+                weakref.finalize(self, current.close)
+        return current
+
     def close(self) -> None:
+        """Close pooled connections and storage targets' threads (they reopen on demand)."""
         for target in list(self._targets.values()):
             target.close()
 
@@ -275,6 +322,11 @@ class Replicator:
             refusal = self.breaker(host).admit(host)
             if refusal is not None:
                 held[host] = Outcome(host, error=refusal)
+        if not held:  # every breaker closed: the common case
+            sent = self._send(operation, chosen)
+            for outcome in sent:
+                self._learn(outcome)
+            return sent
         sent = self._send(operation, [host for host in chosen if host not in held])
         for outcome in sent:
             self._learn(outcome)
@@ -289,16 +341,20 @@ class Replicator:
     # --- the dead-host breaker (breaker.py) -------------------------------------------
 
     def breaker(self, host: str) -> Breaker:
-        return breaker_for(self._hosts[host].origin)
+        found = self._breakers.get(host)
+        if found is None:
+            found = self._breakers[host] = breaker_for(self._hosts[host].origin)
+        return found
 
     def breaker_state(self, host: str) -> str:
         """ "closed", "open" or "half-open"; "off" when this storage does not use one."""
         return self.breaker(host).state() if self.breaker_window else "off"
 
     def _learn(self, outcome: Outcome) -> None:
-        self.breaker(outcome.host).record(
+        if self.breaker(outcome.host).record(
             outcome.error, window=self.breaker_window, max_window=self.breaker_max_window
-        )
+        ):
+            metrics.breaker(self.journal_key, outcome.host, outcome.error is not None)
 
     def execute(self, operation: Operation) -> list[Outcome]:
         """Run ``operation`` on every host under the name's lock, and apply the policy."""
@@ -348,6 +404,9 @@ class Replicator:
         journal cannot record raises JournalError, even with ``raising=False``
         (background work), where it is logged instead.
         """
+        key = self.journal_key
+        for outcome in outcomes:
+            metrics.observe(key, verb, outcome.host, outcome.ok, outcome.elapsed)
         failures = [outcome for outcome in outcomes if not outcome.ok]
         for outcome in failures:
             error = outcome.error

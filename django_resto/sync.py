@@ -13,6 +13,11 @@ copy *when the repair runs*, under the same per-name lock as uploads, which ever
 process and application server shares (ordering.py). So a file uploaded or deleted
 between the audit and the repair is neither deleted from a host nor resurrected on it.
 
+A ``storage:ALIAS`` host (a bucket) is listed by its storage (ListObjectsV2 for S3,
+a ``listdir`` walk otherwise, see targets_storage.py); with ``checksum`` an object
+whose ETag is an MD5 is compared with the master copy's MD5 without a download, and
+streamed and hashed only when the ETag is not an MD5 or does not match.
+
 DistributedStorage has no master copy: its hosts are compared with each other. The
 reference is the union of their files, and for a file's size the most common one
 among the hosts holding it. The audit only reports there; it never repairs or
@@ -34,7 +39,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
 from django.core.exceptions import SuspiciousFileOperation
 from django.db import connection as db_connection
 from django.db import transaction
@@ -218,8 +222,8 @@ def master_files(root: str | os.PathLike[str]) -> tuple[dict[str, int], list[str
 BLOCKSIZE = 256 * 1024
 
 
-def _hash_file(path: str) -> str:
-    digest = hashlib.sha256()
+def _hash_file(path: str, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while chunk := handle.read(BLOCKSIZE):
             digest.update(chunk)
@@ -232,14 +236,13 @@ def hash_remote(transport: HostTransport, name: str) -> str | None:
     ``Accept-Encoding: identity``: a server that gzips text would otherwise make
     every CSS file look different from the master copy.
     """
-    response = transport.request("GET", name, headers={"Accept-Encoding": "identity"}, stream=True)
     try:
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise transport._unexpected("GET", transport.prefix + name, response)
+        response = transport.open(name, headers={"Accept-Encoding": "identity"})
+    except FileNotFoundError:
+        return None
+    try:
         digest = hashlib.sha256()
-        for chunk in response.iter_content(BLOCKSIZE):
+        while chunk := response.read(BLOCKSIZE):
             digest.update(chunk)
         return digest.hexdigest()
     finally:
@@ -249,8 +252,9 @@ def hash_remote(transport: HostTransport, name: str) -> str | None:
 class _LocalHashes:
     """Hashes of master files, each computed once however many hosts ask for it."""
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self, storage: Any, algorithm: str = "sha256") -> None:
         self._storage = storage
+        self._algorithm = algorithm
         self._lock = threading.Lock()
         self._futures: dict[str, concurrent.futures.Future[str]] = {}
 
@@ -262,7 +266,7 @@ class _LocalHashes:
                 future = self._futures[name] = concurrent.futures.Future()
         if owner:
             try:
-                future.set_result(_hash_file(self._storage.path(name)))
+                future.set_result(_hash_file(self._storage.path(name), self._algorithm))
             except Exception as exc:
                 future.set_exception(exc)
         return future.result()
@@ -307,22 +311,34 @@ def _checksums(
     hashes: _LocalHashes,
     workers: int,
     tick: Tick,
+    md5s: dict[str, str] | None = None,
+    local_md5: _LocalHashes | None = None,
 ) -> None:
-    """Compare the content of ``names`` on one host with the master copy, ``workers`` at a time."""
+    """Compare the content of ``names`` on one host with the master copy, ``workers`` at a time.
+
+    ``md5s`` are the MD5s a storage target's listing gave (S3 ETags of single-part
+    objects): a name whose MD5 matches the master's is the same without a download.
+    A mismatch is confirmed by streaming the object, since a 32-digit ETag is not
+    always the MD5 (SSE-KMS); so is every name without one (multipart uploads).
+    """
     transport = storage.transport(report.host)
     workers = min(workers, transport.pool_size)  # more threads than sockets only queue
     stop = threading.Event()
+    by_etag = 0
 
     def check(name: str) -> tuple[str, str]:
         """(verdict, detail): same, different, missing, or unknown with the reason."""
         if stop.is_set():
             return "unknown", "checksum skipped: the host stopped answering"
         try:
+            md5 = (md5s or {}).get(name)
+            if md5 is not None and local_md5 is not None and md5 == local_md5.get(name):
+                return "same", "etag"
             remote = hash_remote(transport, name)
             if remote is None:
                 return "missing", ""
             return ("same" if remote == hashes.get(name) else "different"), ""
-        except requests.ConnectionError as exc:
+        except ConnectionError as exc:
             stop.set()  # the host went away: do not wait for a timeout per file
             return "unknown", f"checksum: {describe(exc)}"
         except Exception as exc:  # an odd status, a local file deleted meanwhile
@@ -341,10 +357,17 @@ def _checksums(
                 report.missing.append(name)
             elif verdict == "unknown":
                 report.unknown[name] = detail
+            elif detail == "etag":
+                by_etag += 1
             tick()
     report.missing.sort()
     report.unknown = dict(sorted(report.unknown.items()))
     report.checksum_mismatched = sorted(different)
+    if md5s is not None:
+        report.notes.append(
+            f"{by_etag} of {len(names)} object(s) matched by their ETag (MD5); the others "
+            "were downloaded and hashed."
+        )
 
 
 def audit(
@@ -385,8 +408,15 @@ def audit(
     def list_one(host: str) -> Listing | None:
         begin = time.perf_counter()
         try:
+            target = storage.transport(host)
+            if not isinstance(target, HostTransport):
+                # A storage target (a bucket) lists itself; listing methods are HTTP's.
+                listing: Listing = target.list(
+                    expected=reference if master else None, workers=workers
+                )
+                return listing
             return list_host(
-                storage.transport(host),
+                target,
                 expected=reference if master else None,
                 method=method,
                 prefix=storage.listing_prefix if prefix is None else prefix,
@@ -433,6 +463,8 @@ def audit(
         total = sum(len(names) for names in to_check.values())
         bar = progress(total, "Checksums") if progress else None
         hashes = _LocalHashes(storage)
+        local_md5 = _LocalHashes(storage, "md5")
+        md5s = {host: _listed_md5s(listing) for host, listing in listings.items()}
         lock = threading.Lock()
 
         def tick() -> None:
@@ -447,7 +479,14 @@ def audit(
                 list(
                     pool.map(
                         lambda host: _checksums(
-                            storage, reports[host], to_check[host], hashes, workers, tick
+                            storage,
+                            reports[host],
+                            to_check[host],
+                            hashes,
+                            workers,
+                            tick,
+                            md5s[host],
+                            local_md5,
                         ),
                         to_check,
                     )
@@ -457,6 +496,19 @@ def audit(
                 bar.close()
     report.elapsed = time.perf_counter() - start
     return report
+
+
+def _listed_md5s(listing: Listing) -> dict[str, str] | None:
+    """The MD5s a storage target's listing carries (targets_storage.ObjectEntry), by name;
+    None for a listing without any (a media server's)."""
+    found = {}
+    carries = False
+    for name, entry in listing.files.items():
+        md5 = getattr(entry, "md5", None)
+        carries = carries or hasattr(entry, "md5")
+        if md5 is not None:
+            found[name] = md5
+    return found if carries else None
 
 
 def _union_reference(

@@ -3,8 +3,9 @@
 The replicator, the operations (operations.py), repairs and audits reach a replica
 only through :class:`Target`: put, delete, stat, open, list, and :class:`Features`,
 what the kind of target can do. The first kind is a WebDAV media server over HTTP
-(:class:`DavTarget`, one pooled transport per host); a kind that is a Django storage
-(an S3 bucket through django-storages) plugs in beside it with the same methods.
+(:class:`DavTarget`, one pooled transport per host); the second is any Django storage
+named by a ``storage:ALIAS`` host, an S3 bucket through django-storages for one
+(targets_storage.py), with the same methods.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from .listing import DEFAULT_WORKERS, Listing, list_host
-from .transport import Body, HostTransport, PutResult
+from .transport import Body, HostTransport, PutResult, Stat
 
-__all__ = ["DavTarget", "Features", "Target"]
+__all__ = ["DavTarget", "Features", "Stream", "Target"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,17 @@ class Features:
     checksums: bool
     #: Parent collections must exist before a PUT (WebDAV's MKCOL); a bucket has none.
     collections: bool
+
+
+class Stream(Protocol):
+    """A file read from a target as its reader goes: never held whole in memory."""
+
+    #: Its length in bytes, when the target said (None: unknown).
+    size: int | None
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class Target(Protocol):
@@ -48,6 +60,18 @@ class Target(Protocol):
     def put(self, name: str, body: Body) -> PutResult: ...
 
     def delete(self, name: str) -> bool: ...
+
+    def stat(self, name: str) -> Stat | None:
+        """Size, modification time (an HTTP date) and ETag of ``name``; None if it is not there."""
+        ...
+
+    def open(self, name: str, *, headers: dict[str, str] | None = None) -> Stream:
+        """``name`` as a stream; FileNotFoundError if the target does not have it.
+
+        ``headers`` are HTTP request fields for the targets that speak HTTP (an audit
+        asks for ``Accept-Encoding: identity``); other kinds read the bytes as stored.
+        """
+        ...
 
     def list(
         self,

@@ -80,6 +80,8 @@ def resto_log(caplog):
     return caplog
 
 
+from tests.seaweed import buckets, seaweed  # noqa: E402, F401 - a real S3 (tests/seaweed.py)
+
 # Real nginx / lighttpd processes and the generic factory (see tests/servers.py), and the
 # throwaway CA and 127.0.0.1 certificate that make an HTTPS nginx (tests/test_tls.py).
 from tests.servers import (  # noqa: E402, F401

@@ -50,7 +50,8 @@ class Command(BaseCommand):
             "--checksum",
             action="store_true",
             help="Also compare contents: download every same-size file and compare its "
-            "SHA-256 with the master copy's.",
+            "SHA-256 with the master copy's. In a bucket (a storage:ALIAS host), an object "
+            "whose ETag is its MD5 is compared without a download.",
         )
         parser.add_argument(
             "--repair",
@@ -68,7 +69,8 @@ class Command(BaseCommand):
             choices=("auto", *METHODS),
             default="auto",
             help="How to list a media server: PROPFIND (lighttpd, Apache), nginx's JSON "
-            "autoindex, or HEAD per file (cannot find extra files). Default: detected.",
+            "autoindex, or HEAD per file (cannot find extra files). Default: detected. "
+            "A storage:ALIAS host is always listed by its storage (S3: ListObjectsV2).",
         )
         parser.add_argument(
             "--listing-prefix",
