@@ -58,6 +58,7 @@ class PendingReplicationAdmin(admin.ModelAdmin):
         "attempts",
         "first_attempt",
         "last_attempt",
+        "next_attempt",
         "short_error",
     )
     list_filter = ("host", AgeFilter, "storage", "operation")
@@ -71,6 +72,7 @@ class PendingReplicationAdmin(admin.ModelAdmin):
         "seq",
         "first_attempt",
         "last_attempt",
+        "next_attempt",
         "attempts",
         "last_error",
     )

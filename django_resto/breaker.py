@@ -79,12 +79,18 @@ class Breaker:
                 return "closed"
             return "open" if time.monotonic() < self._state.until else "half-open"
 
+    def reset(self) -> None:
+        with self._lock:
+            self._state = _State()
+
     def admit(self, label: str) -> HostHeldOpen | None:
         """None if an operation may go to the host now, else the error to fail it with.
 
         After the window, exactly one caller is admitted as the probe; the others
         keep failing fast until the probe's outcome is known.
         """
+        if not self._state.until:
+            return None  # closed: the common case takes no lock
         with self._lock:
             state = self._state
             if not state.until:
@@ -95,24 +101,29 @@ class Breaker:
                 return None
             return HostHeldOpen(label, state.cause, max(0.0, state.until - now))
 
-    def record(self, error: BaseException | None, *, window: float, max_window: float) -> None:
-        """Close when the host answered; open (or re-open, for longer) when it did not."""
+    def record(self, error: BaseException | None, *, window: float, max_window: float) -> bool:
+        """Close when the host answered; open (or re-open, for longer) when it did not.
+
+        Returns True when that opened a closed breaker or closed an open one.
+        """
         if error is None and not self._state.until:
-            return  # closed and still fine: the common case takes no lock
+            return False  # closed and still fine: the common case takes no lock
         with self._lock:
             state = self._state
+            was_open = bool(state.until)
             if error is None or (isinstance(error, UnexpectedStatusCode) and error.status < 500):
                 self._state = _State()  # the host answers, whatever it thought of the request
-                return
+                return was_open
             if not opens_breaker(error):
                 state.probing = False  # nothing learnt about the host: let another probe
-                return
+                return False
             now = time.monotonic()
             state.window = window if not state.until else min(max_window, 2 * state.window)
             state.until = now + state.window
             state.opened_at = now
             state.cause = describe(error)
             state.probing = False
+            return not was_open
 
 
 _breakers: dict[str, Breaker] = {}
@@ -129,12 +140,18 @@ def breaker_for(origin: str) -> Breaker:
 
 
 def forget(origin: str) -> None:
-    """Forget one host's breaker (a test server that took over a port, say)."""
-    with _breakers_lock:
-        _breakers.pop(origin, None)
+    """Close one host's breaker (a test server that took over a port, say).
+
+    The state is reset rather than the breaker dropped: replicators keep the
+    breakers they looked up.
+    """
+    found = _breakers.get(origin)
+    if found is not None:
+        found.reset()
 
 
 def reset_all() -> None:
-    """Forget every breaker's state (tests; after a deploy that fixed the hosts)."""
+    """Close every breaker (tests; after a deploy that fixed the hosts)."""
     with _breakers_lock:
-        _breakers.clear()
+        for found in _breakers.values():
+            found.reset()

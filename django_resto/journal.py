@@ -11,23 +11,41 @@ A failure that cannot be written is not swallowed: :class:`JournalError` reaches
 caller, whatever ``fatal_exceptions`` says, because without the row nothing would
 ever repair that host. A success that cannot clear its row only leaves a stale row
 behind (the repair finds the host in line), so that is logged.
+
+A drain reads rows by batches (:func:`batches`) and deletes the ones it repaired by
+batches (:func:`clear_repaired`), each under the same rule as :func:`clear`: a row that
+an operation newer than the repair wrote meanwhile survives. A failed repair backs its
+row off (``next_attempt``, :func:`retry_delay`); a fresh failure (:func:`mark`) makes
+the row due again at once, since it says something new happened to the host.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
-from typing import Any
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .exceptions import JournalUnavailable
 
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from .models import PendingReplication
+
 logger = logging.getLogger(__name__)
+
+#: Rows one query reads, and repaired rows one statement deletes, when draining: large
+#: enough that 10,000 rows take a few dozen statements instead of tens of thousands,
+#: small enough that a batch's rows and their statement stay a few hundred kilobytes.
+BATCH_SIZE = 500
 
 
 def enabled() -> bool:
@@ -58,8 +76,14 @@ def mark(
     error: str = "",
     sources: list[str] | None = None,
     attempted: bool = True,
+    next_attempt: datetime | None = None,
 ) -> None:
-    """Record that ``hosts`` may be behind on ``name`` since operation ``seq``."""
+    """Record that ``hosts`` may be behind on ``name`` since operation ``seq``.
+
+    ``next_attempt`` is for a failed repair backing its row off; every other failure
+    leaves it empty, so that a row a newer operation wrote is due again at once
+    whatever back-off an older failure had earned it.
+    """
     model = _model()
     moment = timezone.now() if attempted else None
     for host in hosts:
@@ -68,6 +92,7 @@ def mark(
             "seq": seq,
             "last_error": error[:4000],
             "sources": list(sources or []),
+            "next_attempt": next_attempt,
         }
         if attempted:
             fields["last_attempt"] = moment
@@ -134,6 +159,75 @@ def clear(
     rows = _model().objects.filter(storage=storage, host__in=hosts, name=name, seq__lte=seq)
     deleted, _ = rows.delete()
     return deleted
+
+
+def batches(
+    rows: QuerySet[PendingReplication], *, size: int | None = None
+) -> Iterator[list[PendingReplication]]:
+    """``rows`` in primary key order, ``size`` (BATCH_SIZE) at a time, one query per batch.
+
+    Keyset pages (``pk > last``), not offsets: the drain deletes rows as it goes, and
+    an offset would skip as many rows as were deleted before it.
+    """
+    size = size or BATCH_SIZE
+    last = None
+    while True:
+        page = rows if last is None else rows.filter(pk__gt=last)
+        batch = list(page.order_by("pk")[:size])
+        if batch:
+            yield batch
+        if len(batch) < size:
+            return
+        last = batch[-1].pk
+
+
+def due(moment: datetime) -> Q:
+    """Rows whose back-off has ended by ``moment`` (or that never had one)."""
+    return Q(next_attempt__isnull=True) | Q(next_attempt__lte=moment)
+
+
+def clear_repaired(settled: Sequence[tuple[int, int]]) -> None:
+    """Delete repaired rows by primary key, each if no newer operation wrote it since.
+
+    ``settled`` holds ``(pk, seq)`` pairs, ``seq`` being what the repair settled (the
+    number it held the name's lock under, as for :func:`clear`). Deleting after the
+    repair, outside its lock, loses nothing: every operation that writes the row after
+    the repair was numbered after it, so its row has a larger ``seq`` and stays. A row
+    cleared and written anew between the batch's read and the repair has another
+    primary key and stays too, where :func:`clear` would have deleted it: one more
+    repair, which finds the host in line. A row failed again while its delete waits is
+    updated rather than written anew, so it keeps its ``attempts`` and
+    ``first_attempt``, where an immediate clear would have reset them.
+
+    One statement, run for every pair in one transaction: SQLite runs it in-process
+    and psycopg pipelines it, so a batch costs one round trip, not one per row.
+    """
+    if not settled:
+        return
+    alias = router.db_for_write(_model())
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.executemany(_clear_sql(alias), [list(pair) for pair in settled])
+
+
+@functools.lru_cache(maxsize=8)
+def _clear_sql(alias: str) -> str:
+    opts = _model()._meta
+    quote = connections[alias].ops.quote_name
+    pk = quote(opts.pk.column)
+    seq = quote(opts.get_field("seq").column)
+    return f"DELETE FROM {quote(opts.db_table)} WHERE {pk} = %s AND {seq} <= %s"
+
+
+def retry_delay(
+    attempts: int, *, base: float, cap: float, jitter: Callable[[], float] = random.random
+) -> float:
+    """Seconds a row that failed ``attempts`` times waits: ``base * 2**attempts``, capped.
+
+    Jittered between half and all of it, so that the rows of a host that was down
+    together do not all come due in the same second once it is back.
+    """
+    delay = min(cap, base * 2.0 ** min(attempts, 64))
+    return delay * (0.5 + jitter() / 2)
 
 
 def _any_row(storage: str, hosts: list[str], name: str, seq: int) -> bool:

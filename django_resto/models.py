@@ -41,6 +41,12 @@ class PendingReplication(models.Model):
     last_attempt = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    next_attempt = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Not retried by process_failed_media --watch before then: a failed repair "
+        "backs off exponentially. Empty: due now (a fresh failure is retried at once).",
+    )
 
     class Meta:
         verbose_name = "pending replication"

@@ -85,8 +85,11 @@ def test_json_with_a_stopped_server(media_server_factory: Factory, settings):
         "latency_ms",
         "error",
         "backlog",
+        "backed_off",
         "oldest",
         "oldest_age_seconds",
+        "newest_age_seconds",
+        "breaker",
     }
     # nginx answers 403 for a directory without autoindex: reachable all the same.
     assert (first["host"], first["reachable"], first["status"], first["error"]) == (

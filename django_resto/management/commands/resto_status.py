@@ -3,8 +3,12 @@
 For each host of each django_resto storage: whether it answers HTTP (a HEAD on the
 media prefix with a short timeout; any status counts, since a directory URL may
 well answer 403 or 404, while a refused connection or a timeout does not), the
-round trip in milliseconds, and the journal backlog (rows still to repair, and
-the age of the oldest one).
+round trip in milliseconds, the journal backlog (rows still to repair, how many
+of them wait for their back-off, the ages of the oldest and newest), and the
+dead-host breaker's state as this process sees it. Breakers are per process and
+this command's HEAD does not go through one, so it says "closed" (or "off" when the
+storage has none); the web workers' breakers are in the metrics
+(``resto_breaker_open``, see metrics.py).
 
 Exit status: 1 when a configured host is unreachable (or, with
 ``--fail-on-backlog``, when any backlog exists), else 0; 2 for a usage error. A
@@ -18,54 +22,105 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.core.files.storage import storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, Min
+from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
 from django_resto import journal, registry
 from django_resto.exceptions import describe
 from django_resto.management.options import add_storage_option
+from django_resto.transport import HostTransport
 
 DEFAULT_TIMEOUT = 2.0
 
 
 def probe(storage: Any, host: str, timeout: float) -> dict[str, Any]:
-    """HEAD the media prefix on ``host``: reachable, status, latency, error."""
+    """HEAD the media prefix on ``host``: reachable, status, latency, error.
+
+    A ``storage:ALIAS`` host is asked through its storage (a HEAD of the bucket for
+    S3; ``status`` is None for a storage that speaks no HTTP), within the timeouts of
+    the storage's own client rather than ``timeout``.
+    """
     transport = storage.transport(host)
     start = time.perf_counter()
+    ask_storage = getattr(transport, "probe", None)  # targets_storage.StorageTarget
+    if ask_storage is not None:
+        try:
+            status = ask_storage()
+        except Exception as exc:
+            return {"reachable": False, "status": None, "latency_ms": None, "error": describe(exc)}
+        latency = (time.perf_counter() - start) * 1000
+        return {"reachable": True, "status": status, "latency_ms": round(latency, 1), "error": None}
+    # A connection of its own, with the probe's short timeout; a HEAD is a read, so no
+    # credentials go with it (the storage's pooled connections are left alone).
+    probing = HostTransport(
+        transport.host, transport.prefix, timeout=timeout, verify=transport.verify, pool_size=1
+    )
     try:
-        response = transport.session.head(transport.url(""), timeout=timeout, allow_redirects=False)
+        response = probing.request("HEAD", "")
         response.close()
-    except requests.RequestException as exc:
+    except OSError as exc:
         return {"reachable": False, "status": None, "latency_ms": None, "error": describe(exc)}
+    finally:
+        probing.close()
     latency = (time.perf_counter() - start) * 1000
     return {
         "reachable": True,
-        "status": response.status_code,
+        "status": response.status,
         "latency_ms": round(latency, 1),
         "error": None,
     }
 
 
-def backlog(key: str) -> dict[str, tuple[int, datetime]] | None:
-    """``{host: (rows, oldest first_attempt)}`` of one storage's journal; None without one."""
+@dataclass(frozen=True)
+class Backlog:
+    """One host's rows in one storage's journal."""
+
+    count: int
+    backed_off: int  # of which wait for their back-off (process_failed_media --watch)
+    oldest: datetime
+    newest: datetime
+
+
+def backlog(key: str, now: datetime | None = None) -> dict[str, Backlog] | None:
+    """``{host: Backlog}`` of one storage's journal (one query); None without a journal."""
     if not journal.enabled():
         return None
     from django_resto.models import PendingReplication
 
+    now = now or timezone.now()
     rows = (
         PendingReplication.objects.filter(storage=key)
         .values("host")
-        .annotate(count=Count("id"), oldest=Min("first_attempt"))
+        .annotate(
+            count=Count("id"),
+            backed_off=Count("id", filter=Q(next_attempt__gt=now)),
+            oldest=Min("first_attempt"),
+            newest=Max("first_attempt"),
+        )
         .order_by()
     )
-    return {row["host"]: (row["count"], row["oldest"]) for row in rows}
+    return {
+        row["host"]: Backlog(row["count"], row["backed_off"], row["oldest"], row["newest"])
+        for row in rows
+    }
+
+
+def breaker_state(storage: Any, host: str) -> str:
+    """The breaker of ``host`` in this process: "closed", "open", "half-open" or "off"."""
+    replicator = getattr(storage, "replicator", None)
+    state = getattr(replicator, "breaker_state", None)
+    return "closed" if state is None else str(state(host))
+
+
+def _seconds(now: datetime, then: datetime) -> float:
+    return round(max(0.0, (now - then).total_seconds()), 1)
 
 
 def _age(seconds: float | None) -> str:
@@ -114,10 +169,17 @@ class Command(BaseCommand):
             (alias, host): answer for (alias, _, host), answer in zip(jobs, probes, strict=True)
         }
         for alias, storage in targets:
-            rows = backlog(storage.journal_key)
+            rows = backlog(storage.journal_key, now)
             hosts = []
             for host in storage.hosts:
-                hosts.append({"host": host, "configured": True, **answers[(alias, host)]})
+                hosts.append(
+                    {
+                        "host": host,
+                        "configured": True,
+                        **answers[(alias, host)],
+                        "breaker": breaker_state(storage, host),
+                    }
+                )
             # Rows for hosts removed from the settings still wait for a repair that
             # process_failed_media will skip: show them rather than hide them.
             for host in sorted(set(rows or {}) - set(storage.hosts)):
@@ -129,15 +191,16 @@ class Command(BaseCommand):
                         "status": None,
                         "latency_ms": None,
                         "error": "not among the storage's hosts",
+                        "breaker": None,
                     }
                 )
             for entry in hosts:
-                count, oldest = (rows or {}).get(entry["host"], (0, None))
-                entry["backlog"] = None if rows is None else count
-                entry["oldest"] = oldest.isoformat() if oldest else None
-                entry["oldest_age_seconds"] = (
-                    round((now - oldest).total_seconds(), 1) if oldest else None
-                )
+                found = (rows or {}).get(entry["host"])
+                entry["backlog"] = None if rows is None else (found.count if found else 0)
+                entry["backed_off"] = None if rows is None else (found.backed_off if found else 0)
+                entry["oldest"] = found.oldest.isoformat() if found else None
+                entry["oldest_age_seconds"] = _seconds(now, found.oldest) if found else None
+                entry["newest_age_seconds"] = _seconds(now, found.newest) if found else None
             result.append(
                 {
                     "storage": alias,
@@ -187,10 +250,12 @@ class Command(BaseCommand):
                 if not entry["configured"]:
                     state = "not configured"
                 elif entry["reachable"]:
-                    state = f"up ({entry['status']})"
+                    state = "up" if entry["status"] is None else f"up ({entry['status']})"
                 else:
                     state = "UNREACHABLE"
                     errors.append(f"{entry['host']}: {entry['error']}")
+                if entry["breaker"] in ("open", "half-open"):
+                    state += f", breaker {entry['breaker']}"
                 latency = "-" if entry["latency_ms"] is None else f"{entry['latency_ms']:.1f} ms"
                 count = "n/a" if entry["backlog"] is None else str(entry["backlog"])
                 cells: tuple[str, ...] = (

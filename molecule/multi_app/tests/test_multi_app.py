@@ -387,9 +387,12 @@ def test_both_application_servers_run_the_site(apps):
         gunicorn = app.host.service(GUNICORN)
         assert gunicorn.is_running, app.name
         assert gunicorn.is_enabled, app.name
-        # The journal drains as long as one application server is up.
+        # The journal drains as long as one application server is up: here by the
+        # watch service (app_process_failed_media_mode: watch), the timer stopped.
+        watch = app.host.service("resto-watch.service")
+        assert watch.is_enabled and watch.is_running, app.name
         timer = app.host.service("resto-process-failed-media.timer")
-        assert timer.is_enabled and timer.is_running, app.name
+        assert not timer.is_enabled and not timer.is_running, app.name
 
 
 def test_resto_sync_runs_on_the_first_application_server_only(apps):
@@ -594,8 +597,8 @@ def test_failure_drill_with_both_application_servers(apps, servers, lighttpd, vi
     finally:
         lighttpd.host.run_test("systemctl start lighttpd")
 
-    # Both application servers drain the one journal at the same moment (their timers
-    # may join in): every repair runs under the name's lock, across machines.
+    # Both application servers drain the one journal at the same moment (their watch
+    # services may join in): every repair runs under the name's lock, across machines.
     with ThreadPoolExecutor(len(apps)) as pool:
         results = list(pool.map(lambda app: app.manage("process_failed_media", "--json"), apps))
     for app, result in zip(apps, results, strict=True):
