@@ -90,6 +90,9 @@ def configure(spec: dict[str, Any]) -> None:
         RESTO_MEDIA_HOSTS=list(spec["hosts"]),
         RESTO_TIMEOUT=60,
         LOGGING_CONFIG=None,
+        # A workload may set more (bench/compare.py turns the metrics off); settings a
+        # package does not know are ignored by it.
+        **spec.get("settings", {}),
     )
     django.setup()
     if spec.get("journal"):
