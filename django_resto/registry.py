@@ -28,6 +28,7 @@ __all__ = [
     "aliases",
     "backend_class",
     "capabilities_of",
+    "configured",
     "entries",
     "storage",
 ]
@@ -66,13 +67,14 @@ def capabilities_of(thing: object) -> Capabilities | None:
     return found if isinstance(found, Capabilities) else None
 
 
-def _configured() -> Mapping[str, Mapping[str, Any]]:
+def configured() -> Mapping[str, Mapping[str, Any]]:
+    """Every STORAGES entry, django_resto's or not (for "is this alias there at all?")."""
     return getattr(settings, "STORAGES", {})
 
 
 def backend_class(alias: str) -> type | None:
     """The django_resto class STORAGES[alias] names, or None (not ours, or not importable)."""
-    config = _configured().get(alias)
+    config = configured().get(alias)
     if config is None:
         return None
     try:
@@ -87,7 +89,7 @@ def backend_class(alias: str) -> type | None:
 def entries() -> list[Entry]:
     """Every django_resto storage of STORAGES, in settings order."""
     found = []
-    for alias, config in _configured().items():
+    for alias, config in configured().items():
         backend = backend_class(alias)
         if backend is not None:
             found.append(Entry(alias, backend, dict(config.get("OPTIONS", {}))))
@@ -119,7 +121,7 @@ def alias_for(backend: type, options: Mapping[str, Any]) -> str:
     journaled, since no command could ever find it to drain them.
     """
     candidates = []
-    for alias, config in _configured().items():
+    for alias, config in configured().items():
         if config.get("BACKEND", "").rsplit(".", 1)[-1] != backend.__name__:
             continue
         if dict(config.get("OPTIONS", {})) == dict(options):

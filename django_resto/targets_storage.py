@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, ClassVar, TypeVar
 
-from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
@@ -118,7 +117,7 @@ def configuration_problem(alias: str) -> str | None:
     where = f"{PREFIX}{alias}"
     if not alias:
         return f"{where!r} names no STORAGES alias"
-    configured = getattr(settings, "STORAGES", {})
+    configured = registry.configured()
     if alias not in configured:
         return f"{where!r} names {alias!r}, which is not in STORAGES"
     if registry.backend_class(alias) is not None:

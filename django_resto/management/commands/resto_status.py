@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.core.files.storage import storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Max, Min, Q
@@ -226,7 +225,7 @@ class Command(BaseCommand):
             raise SystemExit(1)
 
     def _storages(self, aliases: list[str] | None) -> list[tuple[str, Any]]:
-        configured = getattr(settings, "STORAGES", {})
+        configured = registry.configured()
         found = []
         for alias in dict.fromkeys(aliases or configured):
             if alias not in configured:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.conf import settings
 from django.core.files.storage import storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -150,7 +149,7 @@ class Command(BaseCommand):
             raise SystemExit(1)
 
     def _storages(self, aliases: list[str] | None) -> list[tuple[str, Any]]:
-        configured = getattr(settings, "STORAGES", {})
+        configured = registry.configured()
         if aliases:
             found = []
             for alias in dict.fromkeys(aliases):
