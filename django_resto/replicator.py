@@ -322,14 +322,11 @@ class Replicator:
             refusal = self.breaker(host).admit(host)
             if refusal is not None:
                 held[host] = Outcome(host, error=refusal)
-        if not held:  # every breaker closed: the common case
-            sent = self._send(operation, chosen)
-            for outcome in sent:
-                self._learn(outcome)
-            return sent
         sent = self._send(operation, [host for host in chosen if host not in held])
         for outcome in sent:
             self._learn(outcome)
+        if not held:  # every breaker closed: the common case, already in host order
+            return sent
         answered = {outcome.host: outcome for outcome in sent}
         return [held.get(host) or answered[host] for host in chosen]
 

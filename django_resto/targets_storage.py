@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
-import io
 import logging
 import re
 import threading
@@ -44,6 +43,7 @@ from .listing import DEFAULT_WORKERS, Entry, Listing, ListingError
 from .names import validate_name
 from .targets import Features
 from .transport import Body, PutResult, Stat, TransportError
+from .wire import ReadStream
 
 __all__ = [
     "PREFIX",
@@ -182,7 +182,7 @@ class _BodyFile(File):
         self.size = size
 
 
-class StoredStream(io.RawIOBase):
+class StoredStream(ReadStream):
     """A file read from a storage target: what the storage streams, its size, its errors
     translated like every other call of the target."""
 
@@ -197,9 +197,6 @@ class StoredStream(io.RawIOBase):
         self.size = size
         self._translate = translate
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int | None = -1) -> bytes:
         try:
             data = self._reader.read() if size is None or size < 0 else self._reader.read(size)
@@ -209,15 +206,6 @@ class StoredStream(io.RawIOBase):
                 raise
             raise translated from exc
         return data.encode() if isinstance(data, str) else data
-
-    def readall(self) -> bytes:
-        return self.read()
-
-    def readinto(self, target: Any) -> int:
-        view = memoryview(target).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         try:

@@ -907,7 +907,24 @@ class Pending:
             self.conn = None
 
 
-class Response(io.RawIOBase):
+class ReadStream(io.RawIOBase):
+    """A read-only stream whose subclasses only write ``read``: io's buffered readers and
+    ``shutil.copyfileobj`` call ``readinto`` and ``readall``, given here in its terms."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, target: Any) -> int:
+        view = memoryview(target).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class Response(ReadStream):
     """An answer whose body is read as its reader goes: a streamed download, a listing.
 
     At most one received piece of the body (one socket read) is held. The connection
@@ -947,9 +964,6 @@ class Response(io.RawIOBase):
         parse.head_fields = len(parse.fields)
         return cls(None, None, parse)
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             parts = [self._rest]
@@ -960,15 +974,6 @@ class Response(io.RawIOBase):
         piece = self._rest or self._next()
         self._rest = piece[size:]
         return piece[:size]
-
-    def readall(self) -> bytes:
-        return self.read()
-
-    def readinto(self, target: Any) -> int:
-        view = memoryview(target).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
     def _next(self) -> bytes:
         parse = self._parse
