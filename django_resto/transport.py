@@ -141,7 +141,9 @@ class HostTransport:
                         connect_timeout=self.timeout[0],
                         read_timeout=self.timeout[1],
                         verify=self.verify,
-                        max_idle=self.pool_size,
+                        # The pool size is how many requests this transport runs at
+                        # once; the threads of the process calling it may be more.
+                        max_idle=max(self.pool_size, wire.MAX_IDLE),
                         min_transfer_rate=self.min_transfer_rate,
                     )
         return self._pool

@@ -28,13 +28,11 @@ def body_of(content: File) -> Iterator[Body]:
         return
     inner = getattr(content, "file", content)
     if isinstance(inner, io.BytesIO):
-        buffer = inner.getbuffer()
-        body = BytesBody(buffer)
-        try:
-            yield body
-        finally:
-            body.data.release()
-            buffer.release()
+        # getvalue(), not getbuffer(): a BytesIO made from bytes (ContentFile,
+        # SimpleUploadedFile) hands over that very bytes object, where getbuffer() would
+        # first copy it (1 MiB per 1 MiB save). One Django's upload handler wrote into
+        # is trimmed to its size, in place.
+        yield BytesBody(inner.getvalue())
         return
     with tempfile.NamedTemporaryFile(
         prefix="django_resto_", dir=settings.FILE_UPLOAD_TEMP_DIR
