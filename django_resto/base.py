@@ -104,7 +104,7 @@ class ReplicatedStorageMixin:
         # we refuse them instead (see names.py), so check the name as it was given.
         # Django's own check runs first thing in Storage.save, right below.
         if name is not None:
-            validate_name(str(name), django_check=False)
+            validate_name(str(name))
         return super().save(name, content, max_length=max_length)  # type: ignore[misc]
 
     @property

@@ -125,7 +125,7 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
             del self.__dict__["OS_OPEN_FLAGS"]
 
     def _save(self, name: str, content: File) -> str:
-        validate_name(name, django_check=False)  # Storage.save has just run Django's check
+        validate_name(name)
         try:
             # FileSystemStorage._save (django-stubs leave the private hook out).
             name = super()._save(name, content)  # type: ignore[misc]
@@ -329,7 +329,7 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
         return value
 
     def _save(self, name: str, content: File) -> str:
-        validate_name(name, django_check=False)  # Storage.save has just run Django's check
+        validate_name(name)
         if not self.hosts:
             raise ImproperlyConfigured("DistributedStorage has no media hosts to store files on.")
         with body_of(content) as body:

@@ -482,7 +482,7 @@ class StorageTarget:
     def _valid(name: str, listing: Listing) -> bool:
         """Whether a listed name is one the storages could have written (and could act on)."""
         try:
-            validate_name(name, django_check=False)
+            validate_name(name)
         except SuspiciousFileOperation:
             listing.notes.append(f"Ignored a name no storage could have written: {name!r}")
             return False
