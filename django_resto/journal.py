@@ -190,9 +190,10 @@ def clear_repaired(settled: Sequence[tuple[int, int]]) -> None:
     """Delete repaired rows by primary key, each if no newer operation wrote it since.
 
     ``settled`` holds ``(pk, seq)`` pairs, ``seq`` being what the repair settled (the
-    number it held the name's lock under, as for :func:`clear`). Deleting after the
-    repair, outside its lock, loses nothing: every operation that writes the row after
-    the repair was numbered after it, so its row has a larger ``seq`` and stays. A row
+    number its batch drew, in this name's lock or an earlier one: ordering.shared_number;
+    never newer than the repair's hold of the lock, as for :func:`clear`). Deleting after
+    the repair, outside its lock, loses nothing: every operation that writes the row
+    after the repair was numbered after it, so its row has a larger ``seq`` and stays. A row
     cleared and written anew between the batch's read and the repair has another
     primary key and stays too, where :func:`clear` would have deleted it: one more
     repair, which finds the host in line. A row failed again while its delete waits is

@@ -26,6 +26,12 @@ held the lock, whatever the clocks of the machines say.
 
 Nested use in one thread (an operation that calls another, such as ``execute``
 inside ``replicate``) takes the lock once and shares its number.
+
+A drain's repairs may share one number between names (:func:`shared_number`): a number
+drawn before a name's lock is older than the lock, so a row it clears was written by
+an operation whose hold of the lock ended before the repair's began. It can only clear
+less than a number drawn inside the lock, never more, and it saves a database write
+per repair (on SQLite, the counter row; the write lock the hosts' threads queue on).
 """
 
 from __future__ import annotations
@@ -44,7 +50,15 @@ from typing import Any
 from django.apps import apps
 from django.db import connections, router
 
-__all__ = ["LockTimeout", "LockUnavailable", "known_rows", "next_seq", "ordered", "strategy"]
+__all__ = [
+    "LockTimeout",
+    "LockUnavailable",
+    "known_rows",
+    "next_seq",
+    "ordered",
+    "shared_number",
+    "strategy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +75,10 @@ _SLOTS = 1 << 24
 FIRST_SEQ = 1 << 62
 _POLL_FIRST = 0.001
 _POLL_MAX = 0.05
+#: Seconds a shared number serves (see shared_number) before a lock draws the next:
+#: a repair that waited on a slow host must not settle with a number so old that rows
+#: failed again meanwhile all wait for the next pass.
+SHARED_FOR = 1.0
 
 
 class LockTimeout(TimeoutError):
@@ -79,7 +97,44 @@ class _Held:
     depth: int = 1
 
 
+@dataclass
+class _Shared:
+    """The number the locks of one :func:`shared_number` block share, once drawn."""
+
+    seq: int | None = None
+    drawn: float = 0.0  # time.monotonic() when it was
+
+    def current(self) -> int | None:
+        """The number, unless there is none yet or it is older than SHARED_FOR."""
+        if self.seq is not None and time.monotonic() - self.drawn < SHARED_FOR:
+            return self.seq
+        return None
+
+    def keep(self, seq: int) -> int:
+        if seq != self.seq:
+            self.seq, self.drawn = seq, time.monotonic()
+        return seq
+
+
 _local = threading.local()
+
+
+@contextmanager
+def shared_number() -> Iterator[None]:
+    """The locks this thread takes meanwhile share one number, drawn by the first of them.
+
+    For repairs only, which write no row of their own a later operation could be
+    ordered against: their number only bounds the rows their success clears (see the
+    module's docstring). A number older than SHARED_FOR is not handed out again but
+    replaced, so that the rows operations wrote meanwhile do not survive the repairs
+    that made them obsolete (they would be repaired once more, on the next pass).
+    """
+    previous = getattr(_local, "shared", None)
+    _local.shared = _Shared()
+    try:
+        yield
+    finally:
+        _local.shared = previous
 
 
 def _held() -> dict[tuple[str, str], _Held]:
@@ -226,7 +281,9 @@ def ordered(
         raise wait.timed_out("this process")
     try:
         try:
-            seq, rows = _acquire(kind, alias, digest, wait, probe)
+            seq, rows, fd = _acquire(
+                kind, alias, digest, wait, probe, getattr(_local, "shared", None)
+            )
         except LockTimeout:
             raise
         except Exception as exc:
@@ -238,7 +295,7 @@ def ordered(
             yield seq
         finally:
             del held[key]
-            _release(kind, alias, digest)
+            _release(kind, alias, digest, fd)
     finally:
         local.release()
 
@@ -274,29 +331,35 @@ def _acquire(
     digest: int,
     wait: _Wait,
     probe: tuple[str, Sequence[Any]] | None,
-) -> tuple[int, bool | None]:
+    shared: _Shared | None,
+) -> tuple[int, bool | None, int | None]:
+    """The lock's number, the probe's answer and the lock file (SQLite) to unlock in."""
     if kind == "postgresql":
         assert alias is not None
-        return _pg_acquire(alias, digest, wait, probe)
+        return *_pg_acquire(alias, digest, wait, probe, shared), None
+    fd = None
     if kind == "sqlite":
         assert alias is not None
-        _file_acquire(alias, digest % _SLOTS, wait)
+        fd = _file_acquire(alias, digest % _SLOTS, wait)
     try:
-        return next_seq(alias), None
+        if shared is None:
+            return next_seq(alias), None, fd
+        seq = shared.current()
+        return shared.keep(next_seq(alias) if seq is None else seq), None, fd
     except BaseException:
-        _release(kind, alias, digest)
+        _release(kind, alias, digest, fd)
         raise
 
 
-def _release(kind: str, alias: str | None, digest: int) -> None:
+def _release(kind: str, alias: str | None, digest: int, fd: int | None = None) -> None:
     try:
-        _unlock(kind, alias, digest)
+        _unlock(kind, alias, digest, fd)
     except Exception:
         # A connection that died took its session's advisory locks with it.
         logger.warning("Could not release a django_resto name lock", exc_info=True)
 
 
-def _unlock(kind: str, alias: str | None, digest: int) -> None:
+def _unlock(kind: str, alias: str | None, digest: int, fd: int | None = None) -> None:
     if kind == "postgresql":
         assert alias is not None
         with connections[alias].cursor() as cursor:
@@ -308,16 +371,22 @@ def _unlock(kind: str, alias: str | None, digest: int) -> None:
         slots[slot] -= 1
         if not slots[slot]:
             del slots[slot]
-            fcntl.lockf(_lock_file(alias), fcntl.LOCK_UN, 1, slot)
+            fcntl.lockf(_lock_file(alias) if fd is None else fd, fcntl.LOCK_UN, 1, slot)
 
 
 def _pg_acquire(
-    alias: str, digest: int, wait: _Wait, probe: tuple[str, Sequence[Any]] | None
+    alias: str,
+    digest: int,
+    wait: _Wait,
+    probe: tuple[str, Sequence[Any]] | None,
+    shared: _Shared | None = None,
 ) -> tuple[int, bool | None]:
     # Lock, number and probe in one round trip; the number is drawn only once the lock
-    # is ours.
-    sql = "SELECT CASE WHEN pg_try_advisory_lock(%s) THEN nextval('django_resto_seq') END"
-    params: list[Any] = [digest]
+    # is ours (a shared one already drawn is only handed back).
+    drawn = shared.current() if shared is not None else None
+    number = "nextval('django_resto_seq')" if drawn is None else "%s::bigint"
+    sql = f"SELECT CASE WHEN pg_try_advisory_lock(%s) THEN {number} END"
+    params: list[Any] = [digest] if drawn is None else [digest, drawn]
     if probe is not None:
         sql += f", {probe[0]}"
         params.extend(probe[1])
@@ -326,7 +395,8 @@ def _pg_acquire(
             cursor.execute(sql, params)
             row = cursor.fetchone()
         if row is not None and row[0] is not None:
-            return int(row[0]), (bool(row[1]) if probe is not None else None)
+            seq = int(row[0]) if shared is None else shared.keep(int(row[0]))
+            return seq, (bool(row[1]) if probe is not None else None)
         wait.sleep_or_give_up()
 
 
@@ -370,15 +440,16 @@ def _slots() -> dict[int, int]:
     return slots
 
 
-def _file_acquire(alias: str, slot: int, wait: _Wait) -> None:
+def _file_acquire(alias: str, slot: int, wait: _Wait) -> int:
+    """Lock byte ``slot`` of the lock file; return the file, for the unlock."""
+    fd = _lock_file(alias)
     slots = _slots()
     if slots.get(slot):
         # This thread holds the byte already for another name (a hash collision):
         # POSIX locks belong to the process, so locking it again would be a no-op and
         # unlocking it for one name would free it for both.
         slots[slot] += 1
-        return
-    fd = _lock_file(alias)
+        return fd
     while True:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
@@ -386,6 +457,7 @@ def _file_acquire(alias: str, slot: int, wait: _Wait) -> None:
         except (BlockingIOError, PermissionError):
             wait.sleep_or_give_up()
     slots[slot] = 1
+    return fd
 
 
 def _forget_files_after_fork() -> None:

@@ -5,8 +5,10 @@ order, so one slow or dead server does not hold the others back and two repairs
 of one (host, name) never race each other.
 
 Each row is repaired under its name's lock, one at a time; the journal around it is
-read and cleared by batches (journal.batches, journal.clear_repaired), so that a
-backlog of 10,000 rows costs a few dozen journal statements besides the lock's own.
+read and cleared by batches (journal.batches, journal.clear_repaired), and a batch's
+repairs share one sequence number (ordering.shared_number), so that a backlog of
+10,000 rows costs a few dozen journal statements besides the locks themselves (none
+on SQLite, whose locks are in a file; a statement per lock and unlock on PostgreSQL).
 A failed row is backed off exponentially (``next_attempt``), which ``--watch`` honours.
 """
 
@@ -16,7 +18,6 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -41,8 +42,6 @@ logger = logging.getLogger("django_resto")
 #: at most ``max_backoff`` (MAX_BACKOFF unless the command says otherwise).
 BACKOFF_BASE = 1.0
 MAX_BACKOFF = 600.0
-#: Seconds a drain's thread waits for its turn at taking a lock (see _Drain._numbering).
-_TURN_WAIT = 0.005
 
 
 @dataclass
@@ -213,12 +212,6 @@ class _Drain:
         self.report = RepairReport()
         self._lock = threading.Lock()
         self._storages: dict[str, Any | None] = {}
-        # On SQLite, taking a name's lock writes the journal's counter row. The hosts'
-        # threads would otherwise collide on SQLite's write lock, whose busy handler
-        # sleeps a millisecond or more each time (about one lock in twelve, a fifth
-        # of a drain's time, with three hosts): they take turns instead. PostgreSQL
-        # needs no turns.
-        self._turns = threading.Lock() if ordering.strategy() == "sqlite" else None
 
     def hosts(self, batches: dict[str, Iterator[list[PendingReplication]]]) -> RepairReport:
         names = sorted(batches)
@@ -242,18 +235,21 @@ class _Drain:
         try:
             for batch in batches:
                 settled: list[tuple[int, int]] = []
+                # One number for the batch's locks, not a write per lock, on which the
+                # hosts' threads would queue (SQLite has one writer at a time).
                 try:
-                    for row in batch:
-                        if self.stop is not None and self.stop.is_set():
-                            with self._lock:
-                                self.report.stopped = True
-                            return
-                        error = self._row(host, row, settled)
-                        self._tick()
-                        if error is not None and self.until_unreachable and host_down(error):
-                            with self._lock:
-                                self.report.unreachable.append(host)
-                            return
+                    with ordering.shared_number():
+                        for row in batch:
+                            if self.stop is not None and self.stop.is_set():
+                                with self._lock:
+                                    self.report.stopped = True
+                                return
+                            error = self._row(host, row, settled)
+                            self._tick()
+                            if error is not None and self.until_unreachable and host_down(error):
+                                with self._lock:
+                                    self.report.unreachable.append(host)
+                                return
                 finally:
                     # Also when stopped or interrupted: what was repaired is not redone.
                     journal.safely(journal.clear_repaired, settled)
@@ -281,9 +277,7 @@ class _Drain:
         try:
             # The decision (PUT, DELETE, COPY) is taken under the name's lock, so a
             # delete in another process cannot slip between it and the request.
-            with ExitStack() as held:
-                with self._numbering():
-                    seq = held.enter_context(storage.locked(row.name))
+            with storage.locked(row.name) as seq:
                 verb = repair_row(storage, row)
         except Exception as exc:
             logger.warning("Repair of %s on %s failed: %s", row.name, host, describe(exc))
@@ -303,31 +297,16 @@ class _Drain:
                 self.report.failed += 1
                 self.report.errors.append(f"{row.name} on {host}: {describe(exc)}")
             return exc
-        # Numbered inside the lock, before the master copy was read: every operation up
-        # to then is reflected on the host. Distributed copies only what the row named,
-        # so only that row's operation is settled. Deleted with the batch (journal.py).
+        # Numbered before the master copy was read, inside this lock or an earlier one of
+        # the batch (ordering.shared_number): every operation numbered up to then had
+        # left the name's lock before this repair took it, so it is reflected on the
+        # host. Distributed copies only what the row named, so only that row's operation
+        # is settled. Deleted with the batch (journal.py).
         settled.append((row.pk, row.seq if verb == "COPY" else seq))
         with self._lock:
             self.report.repaired += 1
             self.report.actions.append((verb, host, row.name))
         return None
-
-    @contextmanager
-    def _numbering(self) -> Iterator[None]:
-        """Take turns at taking a name's lock, where that writes to SQLite.
-
-        Never a wait of its own: a thread that finds the turn held longer than
-        ``_TURN_WAIT`` (another thread waiting for a name that a save in another
-        process holds) goes ahead without it, as it would without turns.
-        """
-        turns = self._turns
-        if turns is None or not turns.acquire(timeout=_TURN_WAIT):
-            yield
-            return
-        try:
-            yield
-        finally:
-            turns.release()
 
     def _tick(self) -> None:
         if self.on_progress is not None:

@@ -187,6 +187,26 @@ def test_a_row_marked_again_while_its_batch_is_pending_survives(scripted, monkey
     assert after.next_attempt is None  # a new failure: due at once
 
 
+def test_a_row_failed_again_after_its_batch_drew_its_number_waits_for_the_next_drain(
+    scripted, monkeypatch
+):
+    # A batch's repairs share the number its first lock drew (ordering.shared_number):
+    # a failure numbered after it, before its own row's repair, is newer than what that
+    # repair settles. The row stays, one repair more; row by row it would be cleared.
+    monkeypatch.setattr(journal, "BATCH_SIZE", 10)
+    journal_rows(["a", "b", "c"], hosts=HOSTS[:1])
+    storage = scripted({"a": ("mark", "c")})
+    report = drain(PendingReplication.objects.all())
+    assert report.repaired == 3
+    assert storage.repaired == [(HOSTS[0], name) for name in ("a", "b", "c")]
+    left = PendingReplication.objects.get()
+    assert (left.name, left.last_error) == ("c", "newer failure")
+    storage = scripted({})
+    drain(PendingReplication.objects.all())
+    assert storage.repaired == [(HOSTS[0], "c")]
+    assert not PendingReplication.objects.exists()
+
+
 def test_repairing_given_rows_clears_them_by_batches_too(scripted, monkeypatch):
     # The admin's "Retry now" hands over the rows it selected.
     monkeypatch.setattr(journal, "BATCH_SIZE", 2)
@@ -220,10 +240,11 @@ def test_draining_1000_rows_takes_a_few_journal_statements(scripted):
     statements = [query["sql"] for query in captured.captured_queries]
     lock = [sql for sql in statements if _is_lock(sql)]
     others = [sql for sql in statements if not _is_lock(sql)]
-    # The name's lock numbers each repair (one statement on SQLite, lock and unlock on
-    # PostgreSQL): the price of ordering, which batching cannot share between names.
-    assert len(lock) == rows * (2 if connection.vendor == "postgresql" else 1)
     batches = math.ceil(rows / journal.BATCH_SIZE)
+    # A batch's repairs share one number, drawn by its first lock. SQLite locks in a
+    # file, so that is all; PostgreSQL locks and unlocks each name with a statement
+    # (the number drawn in the first), the price of ordering across machines.
+    assert len(lock) == (2 * rows if connection.vendor == "postgresql" else batches)
     # The bound and the hosts, then per batch a read and a delete (in a transaction:
     # BEGIN and COMMIT on SQLite), and the read that finds the end. Row by row, it was
     # three statements per row besides the lock.

@@ -126,9 +126,14 @@ class Command(BaseCommand):
             }
             self.stdout.write(json.dumps(summary, indent=2, sort_keys=True))
         else:
-            for verb, host, name in report.actions:
-                prefix = "would " if options["dry_run"] else ""
-                self.stdout.write(f"{prefix}{verb} {name} on {host}")
+            prefix = "would " if options["dry_run"] else ""
+            if report.actions:
+                # One write for the lot: a drain of 10,000 rows has as many lines.
+                self.stdout.write(
+                    "\n".join(
+                        f"{prefix}{verb} {name} on {host}" for verb, host, name in report.actions
+                    )
+                )
             for error in report.errors:
                 self.stderr.write(error)
             self.stdout.write(
