@@ -180,6 +180,14 @@ def strategy(alias: str | None = None) -> str:
 # --- sequence numbers ------------------------------------------------------------
 
 
+#: SQLite's counter: an upsert, so that a table emptied by a test runner's flush starts
+#: again (RETURNING is added by the caller).
+_SQLITE_NEXT = (
+    "INSERT INTO django_resto_sequence (id, value) VALUES (1, %s) "
+    "ON CONFLICT (id) DO UPDATE SET value = value + 1"
+)
+
+
 def next_seq(alias: str | None = None) -> int:
     """A number larger than every one issued before it, by any process on any machine.
 
@@ -197,12 +205,7 @@ def next_seq(alias: str | None = None) -> int:
     if connection.vendor == "postgresql":
         sql, params = "SELECT nextval('django_resto_seq')", []
     elif connection.vendor == "sqlite":
-        # An upsert, so that a table emptied by a test runner's flush starts again.
-        sql = (
-            "INSERT INTO django_resto_sequence (id, value) VALUES (1, %s) "
-            "ON CONFLICT (id) DO UPDATE SET value = value + 1 RETURNING value"
-        )
-        params = [FIRST_SEQ]
+        sql, params = f"{_SQLITE_NEXT} RETURNING value", [FIRST_SEQ]
     else:
         return _orm_next_seq(alias)
     with connection.cursor() as cursor:
@@ -210,6 +213,23 @@ def next_seq(alias: str | None = None) -> int:
         row = cursor.fetchone()
     assert row is not None
     return int(row[0])
+
+
+def _draw(alias: str | None, probe: tuple[str, Sequence[Any]] | None) -> tuple[int, bool | None]:
+    """A new number, and on SQLite the probe's answer from the same statement.
+
+    The counter's upsert returns the probe as a second column (SQLite evaluates
+    subqueries in RETURNING), as PostgreSQL's lock statement does: the journal then
+    need not ask, in a statement of its own, whether a successful save has rows to
+    clear (nearly never), which was a third of what the journal cost a small save.
+    """
+    if probe is None or DISABLED or alias is None or connections[alias].vendor != "sqlite":
+        return next_seq(alias), None
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"{_SQLITE_NEXT} RETURNING value, {probe[0]}", [FIRST_SEQ, *probe[1]])
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0]), bool(row[1])
 
 
 def _orm_next_seq(alias: str) -> int:
@@ -231,10 +251,16 @@ def _orm_next_seq(alias: str) -> int:
 # --- the lock --------------------------------------------------------------------
 
 
+def holds(storage: str, name: str) -> bool:
+    """Whether this thread holds the lock of (storage, name) already (a nested use)."""
+    return (storage, name) in _held()
+
+
 def known_rows(storage: str, name: str) -> bool | None:
     """What the probe given to the lock this thread holds on (storage, name) answered.
 
-    None when no probe ran (not PostgreSQL, none given, or no lock held).
+    None when no probe ran (a database without one, none given, a number shared by a
+    drain's batch, or no lock held).
     """
     held = _held().get((storage, name))
     return None if held is None else held.rows
@@ -254,7 +280,8 @@ def ordered(
     seconds: the caller journals that as a failure of the operation.
 
     ``probe`` is an SQL expression (and its parameters) that PostgreSQL evaluates in
-    the statement that takes the lock, saving a round trip per save; its answer is
+    the statement that takes the lock, and SQLite in the one that draws the number,
+    saving a statement per save; its answer is
     :func:`known_rows`. The journal asks whether the name has rows to clear: one that
     appears after it was asked can only come from a later operation, which a success
     must not clear anyway.
@@ -342,10 +369,12 @@ def _acquire(
         assert alias is not None
         fd = _file_acquire(alias, digest % _SLOTS, wait)
     try:
-        if shared is None:
-            return next_seq(alias), None, fd
-        seq = shared.current()
-        return shared.keep(next_seq(alias) if seq is None else seq), None, fd
+        if shared is not None:
+            drawn = shared.current()
+            if drawn is not None:
+                return shared.keep(drawn), None, fd
+        seq, rows = _draw(alias, probe)
+        return (seq if shared is None else shared.keep(seq)), rows, fd
     except BaseException:
         _release(kind, alias, digest, fd)
         raise

@@ -271,7 +271,11 @@ class Replicator:
         only once it holds it (see ordering.py). Nested use in one thread is free.
         """
         key = self.journal_key
-        probe = journal.probe(key, list(self.hosts), name) if key and journal.enabled() else None
+        probe = None
+        # The probe rides on the statement that takes the lock (PostgreSQL) or draws its
+        # number (SQLite); a nested use takes neither, so it needs none.
+        if key and not ordering.holds(key, name) and journal.enabled():
+            probe = journal.probe(key, list(self.hosts), name)
         return ordering.ordered(key, name, timeout=self.lock_timeout, probe=probe)
 
     def under_lock(

@@ -171,3 +171,42 @@ def test_rows_of_unknown_storages_are_skipped():
     assert (report.repaired, report.failed, report.skipped) == (0, 0, 1)
     assert "storage 'gone' is not a configured django_resto storage" in report.errors[0]
     assert PendingReplication.objects.count() == 1
+
+
+def _statements(captured) -> list[str]:
+    return [query["sql"].split()[0].upper() for query in captured.captured_queries]
+
+
+def test_a_successful_save_asks_the_journal_in_the_locks_own_statement(
+    settings, media_server_factory
+):
+    """The question "any rows to clear?" rides on the statement that draws the lock's
+    number (SQLite) or takes it (PostgreSQL): none of its own, on either database."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    server = media_server_factory("nginx")
+    storage = resto_storages(settings, "HybridStorage", [server.host])
+    storage.save("warm.txt", ContentFile(b"warm"))
+    with CaptureQueriesContext(connection) as captured:
+        storage.save("one.txt", ContentFile(b"1"))
+    expected = {"sqlite": ["INSERT"], "postgresql": ["SELECT", "SELECT"]}[connection.vendor]
+    assert _statements(captured) == expected  # PostgreSQL: lock + number + probe, unlock
+
+
+def test_the_probe_in_the_locks_statement_sees_a_row_and_the_save_clears_it(
+    settings, media_server_factory
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    server = media_server_factory("nginx")
+    storage = resto_storages(settings, "HybridStorage", [server.host])
+    journal.mark("default", [server.host], "doc.txt", "PUT", 1, error="was down")
+    journal.mark("default", [server.host], "other.txt", "PUT", 1, error="was down")
+    with CaptureQueriesContext(connection) as captured:
+        storage.save("doc.txt", ContentFile(b"fresh"))
+    assert server.read("doc.txt") == b"fresh"
+    # The row of the name saved is cleared; another name's stays.
+    assert list(PendingReplication.objects.values_list("name", flat=True)) == ["other.txt"]
+    assert "DELETE" in _statements(captured)
