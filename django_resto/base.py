@@ -82,6 +82,7 @@ class ReplicatedStorageMixin:
     replicate_with: _Option[str] = _Option()
     task_backend: _Option[str] = _Option()
     task_queue: _Option[str] = _Option()
+    task_retries: _Option[int] = _Option()
     listing_prefix: _Option[str] = _Option()
 
     def _configure(self, options: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ OPTION_NAMES = (
     "replicate_with",
     "task_backend",
     "task_queue",
+    "task_retries",
     "listing_prefix",
 )
 
@@ -151,6 +152,7 @@ class Replicator:
         self.replicate_with: str = resolved["replicate_with"]
         self.task_backend: str = resolved["task_backend"]
         self.task_queue: str = resolved["task_queue"]
+        self.task_retries: int = resolved["task_retries"]
         self.listing_prefix: str = resolved["listing_prefix"]
         self.fanout = FanOut(self.max_workers)
         self._targets: dict[str, Target] = {}

@@ -62,6 +62,10 @@ OPTIONS: dict[str, tuple[str | None, Any]] = {
     # The TASKS alias and the queue that replication tasks are enqueued on.
     "task_backend": ("RESTO_TASK_BACKEND", "default"),
     "task_queue": ("RESTO_TASK_QUEUE", "default"),
+    # How many times a replication task that failed enqueues itself again, deferred to
+    # its journal row's back-off (tasks.py); past them the row waits for
+    # process_failed_media. 0: never (the drain alone retries).
+    "task_retries": ("RESTO_TASK_RETRIES", 8),
     # Where nginx serves the JSON autoindex that resto_sync reads (the roles' default).
     "listing_prefix": ("RESTO_LISTING_PREFIX", "/_resto/list/"),
     # The STORAGES alias the journal files this storage's rows (and per-name locks)
@@ -195,6 +199,10 @@ def _validate(option: str, value: Any, source: str) -> Any:
     if option == "async_workers":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail("a positive integer")
+        return value
+    if option == "task_retries":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise fail("a number of retries (an integer, 0 or more)")
         return value
     if option == "replicate_with":
         if not isinstance(value, str) or value not in REPLICATE_WITH:

@@ -18,6 +18,13 @@ upload replicates nothing. The intent row in the journal is written before, in t
 transaction, so an enqueue that fails or a worker killed mid-task leaves a row that
 ``process_failed_media`` completes.
 
+A task whose transfer fails enqueues itself again, deferred (``run_after``) to the
+back-off its journal row now carries, the ``next_attempt`` that ``process_failed_media
+--watch`` honours too: one schedule, whichever runs first. The row's ``attempts`` bound
+it (``task_retries``), so that a host that stays down costs a few tasks per file, not a
+task every few minutes for ever; past them, on a backend that cannot defer, or when the
+enqueue fails, the row simply stays for ``process_failed_media``, as it always did.
+
 ``django.tasks`` (Django >= 6.0) is used when present, else the ``django-tasks``
 backport. Without either this module still imports; using the tasks mode then raises
 ImproperlyConfigured, and the system check ``django_resto.E006`` reports it earlier.
@@ -27,17 +34,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import router, transaction
+from django.utils import timezone
 
-from . import registry
+from . import journal, registry
 from .exceptions import describe
+from .repair import BACKOFF_BASE, MAX_BACKOFF
 
 logger = logging.getLogger("django_resto")
 
-__all__ = ["FRAMEWORK", "enqueue_on_commit", "get_task", "replicate", "task_for"]
+__all__ = [
+    "FRAMEWORK",
+    "enqueue_on_commit",
+    "get_task",
+    "replicate",
+    "schedule_retry",
+    "task_for",
+]
 
 _task: Callable[..., Any] | None
 _task_errors: tuple[type[BaseException], ...]
@@ -69,10 +86,12 @@ def replicate(storage_alias: str, host: str, name: str) -> dict[str, Any]:
     """Bring ``host`` in line with the master copy for ``name``: the worker's side.
 
     The result is logged and journaled by ``run_one`` exactly as with the thread pool,
-    and a failed transfer is not raised: the journal owns retries
-    (``process_failed_media``), which derive the action again from the master copy,
-    whereas the Tasks framework has no retry of its own. A configuration that cannot
-    run the task at all (unknown alias) does raise, so the task shows as failed.
+    and a failed transfer is not raised: the journal owns retries, and the Tasks
+    framework has none of its own. The task retries itself (``schedule_retry``) at the
+    row's back-off, as the same call with the same names, so that a retry of a file
+    deleted or replaced meanwhile derives its action from the master copy again. A
+    configuration that cannot run the task at all (unknown alias) does raise, so the
+    task shows as failed.
     """
     storage = registry.storage(storage_alias)
     capabilities = registry.capabilities_of(storage)
@@ -92,13 +111,97 @@ def replicate(storage_alias: str, host: str, name: str) -> dict[str, Any]:
         )
         return {"host": host, "name": name, "ok": False, "error": "not a configured host"}
     outcome = storage.run_one(storage.converge, host, name)
+    retry_at = None if outcome.ok else schedule_retry(storage, host, name)
     return {
         "host": host,
         "name": name,
         "ok": outcome.ok,
         "operation": outcome.result if outcome.ok else None,
         "error": "" if outcome.ok else describe(outcome.error),
+        # JSON, as every backend stores results: when the retry is due, if one was enqueued.
+        "retry_at": retry_at.isoformat() if retry_at is not None else None,
     }
+
+
+#: Backends already said (at INFO) to be unable to defer a retry: once per process, not
+#: once per failed task, which would be one line per file while a host is down.
+_said_no_defer: set[str] = set()
+
+
+def schedule_retry(storage: Any, host: str, name: str) -> datetime | None:
+    """Enqueue ``replicate`` again for a failed (host, name), deferred to its row's back-off.
+
+    Returns when it is due, or None when no retry was enqueued. Never raises: the row
+    the failure wrote is left whatever happens here, so a database or a queue that
+    fails now costs a retry from ``process_failed_media``, not the row.
+    """
+    try:
+        task = task_for(storage)
+        backend = task.get_backend()
+        if not getattr(backend, "supports_defer", False):
+            if storage.task_backend not in _said_no_defer:
+                _said_no_defer.add(storage.task_backend)
+                logger.info(
+                    "TASKS[%r] cannot defer a task (%s.supports_defer is False): failed "
+                    "replications are not retried as tasks, and wait in the journal for "
+                    "process_failed_media (run it with --watch to drain them)",
+                    storage.task_backend,
+                    type(backend).__name__,
+                )
+            return None
+        when = _back_off(storage, host, name)
+        if when is not None:
+            task.using(run_after=when).enqueue(storage.journal_key, host, name)
+        return when
+    except Exception as exc:
+        logger.error(
+            "Could not enqueue a retry of the replication of %s to %s (process_failed_media "
+            "will repair it): %s",
+            name,
+            host,
+            describe(exc),
+            exc_info=(type(exc), exc, exc.__traceback__) if storage.show_traceback else None,
+        )
+        return None
+
+
+def _back_off(storage: Any, host: str, name: str) -> datetime | None:
+    """Give the row the failure just wrote its back-off; return it, or None for no retry.
+
+    The delay is the drain's (journal.retry_delay on the row's ``attempts``, as
+    repair.py computes it), written to the row, so that ``--watch`` waits for the same
+    moment instead of trying the row at once as well. Only the task that moves the row
+    from due-now to backed-off enqueues a retry: a row another task or a drain already
+    backed off, or that a newer operation rewrote since it was read, has someone else
+    to try it next. However many tasks fail on one row, each failure adds one to its
+    ``attempts``, so the retries of a row stay bounded by ``task_retries``.
+    """
+    from .models import PendingReplication
+
+    # The database the rows are written to: a lagging replica could miss the row.
+    rows = PendingReplication.objects.using(router.db_for_write(PendingReplication)).filter(
+        storage=storage.journal_key, host=host, name=name
+    )
+    row = rows.only("pk", "attempts", "next_attempt").first()
+    if row is None or row.next_attempt is not None:
+        return None  # in line since, or backed off by whoever tries it next
+    retries = storage.task_retries
+    if row.attempts > retries:
+        logger.warning(
+            "Not retrying %s on %s as a task after %d failed attempts (task_retries=%d): "
+            "the journal keeps it for process_failed_media",
+            name,
+            host,
+            row.attempts,
+            retries,
+        )
+        return None
+    delay = journal.retry_delay(row.attempts, base=BACKOFF_BASE, cap=MAX_BACKOFF)
+    when = timezone.now() + timedelta(seconds=delay)
+    claimed = rows.filter(pk=row.pk, attempts=row.attempts, next_attempt__isnull=True).update(
+        next_attempt=when
+    )
+    return when if claimed else None
 
 
 if _task is not None:

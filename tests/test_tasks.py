@@ -19,6 +19,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.db import transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from django_resto import tasks as resto_tasks
 from django_resto.checks import check_storages
@@ -107,6 +109,41 @@ def enqueued() -> Iterator[list[tuple[str, str, str, list[Any], dict[str, Any]]]
     signals.task_enqueued.connect(record, weak=False)
     yield seen
     signals.task_enqueued.disconnect(record)
+
+
+@pytest.fixture
+def deferring(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """TASKS["dummy"], a backend that keeps tasks (run_after included) until a test runs them.
+
+    Returned as the backend, whose ``results`` are the tasks enqueued on it. The note
+    about backends that cannot defer is said once per process: each test starts afresh.
+    """
+    require_framework()
+    monkeypatch.setattr(resto_tasks, "_said_no_defer", set())
+    framework = importlib.import_module(resto_tasks.FRAMEWORK or "")
+    settings.TASKS = {
+        **settings.TASKS,
+        "dummy": {"BACKEND": f"{resto_tasks.FRAMEWORK}.backends.dummy.DummyBackend"},
+    }
+    backend = framework.task_backends["dummy"]
+    assert backend.supports_defer
+    backend.clear()
+    return backend
+
+
+def run(result: Any) -> dict[str, Any]:
+    """Run a kept task as a worker would: by its import path, with its (JSON) arguments."""
+    return result.task.call(*result.args, **result.kwargs)
+
+
+def tasks_for(backend: Any, host: str) -> list[Any]:
+    return [result for result in backend.results if result.args[1] == host]
+
+
+def back_off_of(host: str, name: str) -> datetime:
+    next_attempt = PendingReplication.objects.get(host=host, name=name).next_attempt
+    assert next_attempt is not None
+    return next_attempt
 
 
 class Worker:
@@ -272,6 +309,161 @@ def test_a_failed_enqueue_is_logged_and_the_row_kept(settings, monkeypatch, rest
     )
 
 
+# --- retries: a failed task enqueues itself again at its row's back-off -------------------
+
+
+@pytest.mark.real_server
+def test_a_failed_task_retries_itself_at_the_rows_back_off(
+    settings, media_server_factory, deferring, resto_log
+):
+    up, down = media_server_factory("nginx"), media_server_factory("nginx")
+    storage, _ = configure(settings, [up, down], task_backend="dummy", breaker_window=0)
+    down.stop()
+    storage.save("a.txt", ContentFile(b"payload"))
+    first = tasks_for(deferring, down.host)
+    assert [result.task.run_after for result in first] == [None]
+    assert run(tasks_for(deferring, up.host)[0])["ok"]
+
+    before = timezone.now()
+    answer = run(first[0])
+    assert answer["ok"] is False
+    row = PendingReplication.objects.get()
+    assert (row.host, row.name, row.attempts) == (down.host, "a.txt", 1)
+    # The drain's back-off for a first failure (repair.BACKOFF_BASE * 2, jittered):
+    # --watch waits for the same moment.
+    after = timezone.now()
+    assert before + timedelta(seconds=1) <= row.next_attempt <= after + timedelta(seconds=2)
+    retry = tasks_for(deferring, down.host)[1:]
+    assert [(r.task.module_path, r.task.backend, r.task.queue_name) for r in retry] == [
+        (TASK_PATH, "dummy", "default")
+    ]
+    assert retry[0].args == ["resto", down.host, "a.txt"]  # names only, as the first
+    assert retry[0].task.run_after == row.next_attempt
+    assert answer["retry_at"] == row.next_attempt.isoformat()
+
+    down.start()
+    answer = run(retry[0])
+    assert (answer["ok"], answer["operation"], answer["retry_at"]) == (True, "PUT", None)
+    assert down.read("a.txt") == b"payload"
+    assert pending() == set()
+    assert len(deferring.results) == 3  # the success enqueued nothing
+    assert not [r for r in resto_log.records if "cannot defer" in r.getMessage()]
+
+
+@pytest.mark.real_server
+@pytest.mark.parametrize("since", ["deleted", "replaced"])
+def test_a_retry_converges_to_the_master_copy_as_it_is_when_it_runs(
+    settings, media_server_factory, deferring, since
+):
+    server = media_server_factory("nginx")
+    storage, _ = configure(settings, [server], task_backend="dummy", breaker_window=0)
+    server.write("a.txt", b"stale")
+    server.stop()
+    storage.save("a.txt", ContentFile(b"first"))
+    assert run(deferring.results[0])["ok"] is False
+    retry = deferring.results[1]
+    assert retry.task.run_after == back_off_of(server.host, "a.txt")
+
+    # Neither operation's own task runs: the retry alone must find what to do.
+    storage.delete("a.txt")
+    if since == "replaced":
+        assert storage.save("a.txt", ContentFile(b"second")) == "a.txt"
+    server.start()
+    answer = run(retry)
+    assert answer["ok"] is True
+    if since == "deleted":
+        assert answer["operation"] == "DELETE"
+        assert not server.exists("a.txt")
+    else:
+        assert answer["operation"] == "PUT"
+        assert server.read("a.txt") == b"second"
+    # Repaired under the lock after the newer operations: their rows are settled too.
+    assert pending() == set()
+
+
+@pytest.mark.real_server
+@pytest.mark.parametrize("retries", [0, 2])
+def test_retries_stop_at_task_retries_and_the_row_waits_for_the_drain(
+    settings, media_server_factory, deferring, resto_log, retries
+):
+    server = media_server_factory("nginx")
+    storage, _ = configure(
+        settings, [server], task_backend="dummy", breaker_window=0, task_retries=retries
+    )
+    server.stop()
+    storage.save("a.txt", ContentFile(b"a"))
+    ran = 0
+    while ran < len(deferring.results):
+        assert run(deferring.results[ran])["ok"] is False
+        ran += 1
+        assert ran <= retries + 1, "more retries than task_retries"
+    assert ran == retries + 1  # the task itself, then its retries
+    row = PendingReplication.objects.get()
+    assert row.attempts == retries + 1
+    assert row.next_attempt is None  # due: process_failed_media tries it at its next pass
+    given_up = [r for r in resto_log.records if r.getMessage().startswith("Not retrying a.txt")]
+    assert len(given_up) == 1
+    assert given_up[0].levelname == "WARNING"
+    assert (
+        f"after {retries + 1} failed attempts (task_retries={retries})" in given_up[0].getMessage()
+    )
+
+    server.start()
+    report = repair_rows(PendingReplication.objects.all())
+    assert (report.repaired, report.failed) == (1, 0)
+    assert server.read("a.txt") == b"a"
+
+
+@pytest.mark.real_server
+def test_a_backend_that_cannot_defer_leaves_the_row_and_says_so_once(
+    settings, media_server_factory, enqueued, resto_log, monkeypatch
+):
+    monkeypatch.setattr(resto_tasks, "_said_no_defer", set())
+    server = media_server_factory("nginx")
+    # TASKS["default"]: the immediate backend, which runs tasks at once and cannot defer.
+    storage, _ = configure(settings, [server], breaker_window=0)
+    assert not resto_tasks.task_for(storage).get_backend().supports_defer
+    server.stop()
+    storage.save("a.txt", ContentFile(b"a"))
+    storage.save("b.txt", ContentFile(b"b"))
+    assert len(enqueued) == 2  # the two uploads' tasks, no retry
+    rows = list(PendingReplication.objects.order_by("name"))
+    assert [(row.name, row.attempts, row.next_attempt) for row in rows] == [
+        ("a.txt", 1, None),
+        ("b.txt", 1, None),
+    ]
+    said = [r for r in resto_log.records if "cannot defer" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"]
+    assert "TASKS['default']" in said[0].getMessage()
+    assert "process_failed_media" in said[0].getMessage()
+
+
+@pytest.mark.real_server
+def test_a_retry_that_cannot_be_enqueued_keeps_the_row(
+    settings, media_server_factory, deferring, resto_log, monkeypatch
+):
+    server = media_server_factory("nginx")
+    storage, _ = configure(settings, [server], task_backend="dummy", breaker_window=0)
+    server.stop()
+    storage.save("a.txt", ContentFile(b"a"))
+    task = deferring.results[0]
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("queue unreachable")
+
+    monkeypatch.setattr(type(task.task), "enqueue", broken)
+    answer = run(task)  # does not raise: the failure is journaled, the row is there
+    assert (answer["ok"], answer["retry_at"]) == (False, None)
+    assert pending() == {(server.host, "a.txt")}
+    assert len(deferring.results) == 1
+    assert any(
+        r.levelname == "ERROR"
+        and "Could not enqueue a retry of the replication of a.txt" in r.getMessage()
+        and "queue unreachable" in r.getMessage()
+        for r in resto_log.records
+    )
+
+
 # --- configuration errors ----------------------------------------------------------------
 
 
@@ -313,6 +505,11 @@ def test_only_converge_can_become_a_task(settings):
         ("task_backend", None),
         ("task_queue", " default"),
         ("task_queue", ["default"]),
+        ("task_retries", -1),
+        ("task_retries", True),
+        ("task_retries", 1.5),
+        ("task_retries", "8"),
+        ("task_retries", None),
     ],
 )
 def test_invalid_options(option, value):
@@ -338,6 +535,16 @@ def test_defaults_and_global_settings(settings):
     )
     with pytest.raises(ImproperlyConfigured, match="RESTO_REPLICATE_WITH must be"):
         settings.RESTO_REPLICATE_WITH = "thread"
+        AsyncStorage()
+
+
+def test_task_retries_default_global_setting_and_option(settings):
+    assert AsyncStorage().task_retries == 8
+    settings.RESTO_TASK_RETRIES = 3
+    assert AsyncStorage().task_retries == 3
+    assert AsyncStorage(task_retries=0).task_retries == 0  # OPTIONS wins
+    with pytest.raises(ImproperlyConfigured, match="RESTO_TASK_RETRIES must be"):
+        settings.RESTO_TASK_RETRIES = -2
         AsyncStorage()
 
 
@@ -505,3 +712,41 @@ def test_worker_killed_midway_leaves_rows_that_repair_completes(
     assert fast.files() == files
     assert frozen.files() == files
     assert PendingReplication.objects.count() == 0
+
+
+@pytest.mark.real_server
+def test_db_worker_retries_a_failed_task_when_its_back_off_ends(
+    settings, media_server_factory, db_worker, media_root
+):
+    from django_tasks_db.models import DBTaskResult
+
+    up, down = media_server_factory("nginx"), media_server_factory("nginx")
+    # No breaker: the retry, a second or two later, must reach the host, not be refused.
+    storage, entry = configure(
+        settings, [up, down], task_backend="db", task_queue="resto", breaker_window=0
+    )
+    down.stop()
+    worker = db_worker(entry)
+    storage.save("a.txt", ContentFile(b"retried"))
+
+    def diagnostics() -> str:
+        tasks = list(DBTaskResult.objects.values_list("status", "run_after", "args_kwargs"))
+        rows = list(PendingReplication.objects.values_list("host", "attempts", "next_attempt"))
+        return f"journal: {rows}\ntasks: {tasks}\n{worker.output()}"
+
+    def retries() -> list[Any]:
+        return [task for task in DBTaskResult.objects.all() if task.task.run_after is not None]
+
+    wait_until(lambda: bool(retries()), "the failed task to enqueue its retry", diagnostics)
+    (retry,) = retries()
+    assert retry.args_kwargs["args"] == ["resto", down.host, "a.txt"]
+    assert retry.task.run_after == back_off_of(down.host, "a.txt")
+    assert up.read("a.txt") == b"retried"
+
+    down.start()
+    wait_until(
+        lambda: down.read("a.txt") == b"retried" and not pending(),
+        "the retry to replicate the file once the host is back",
+        diagnostics,
+    )
+    assert worker.stop() == 0, worker.output()
