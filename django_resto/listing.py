@@ -28,12 +28,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import queue
+import re
 import threading
 import xml.etree.ElementTree as ET
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from .exceptions import describe
@@ -50,6 +54,8 @@ __all__ = [
     "Entry",
     "Listing",
     "ListingError",
+    "Sink",
+    "Sizes",
     "detect_method",
     "forget_methods",
     "list_host",
@@ -76,9 +82,13 @@ _PROPFIND_BODY = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """One file on a host: its size, and its modification time when asked for."""
+    """One file on a host: its size, and its modification time when asked for.
+
+    Slotted: a listing of 300,000 files holds as many entries, and a ``__dict__``
+    each would be most of its memory.
+    """
 
     size: int | None
     mtime: datetime | None = None
@@ -229,13 +239,18 @@ def _http_date(value: str | None) -> datetime | None:
         return None
 
 
+# Control characters, and the lone surrogates that surrogateescape decoding leaves for
+# bytes that are not UTF-8 (a str holding one cannot be encoded back to UTF-8).
+_INVALID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def _valid(name: str) -> bool:
-    """Whether a listed name can be a storage name we could act on."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return bool(name) and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+    """Whether a listed name can be a storage name we could act on.
+
+    One regular expression search: the character-by-character test it replaces was
+    most of the CPU time of a 300,000-file listing.
+    """
+    return bool(name) and _INVALID.search(name) is None
 
 
 # --- one directory -------------------------------------------------------------------
@@ -245,14 +260,30 @@ class _BadDirectory(Exception):
     """A directory answered something other than a listing; the walk goes on without it."""
 
 
-def _read_propfind(
-    transport: HostTransport, directory: str, mtimes: bool
-) -> tuple[dict[str, Entry], list[str], list[str]]:
-    """List one collection: (files, subdirectories, undecodable hrefs)."""
+#: ``{storage name: size}`` of the files one directory listing showed.
+Sizes = dict[str, int | None]
+
+
+class _Directory(NamedTuple):
+    """One directory's listing. Sizes and modification times are kept apart so that
+    an audit, which only compares sizes, never builds an Entry per file."""
+
+    files: Sizes
+    mtimes: dict[str, datetime | None] | None
+    subdirs: list[str]
+    bad: list[str]
+
+
+def _empty() -> _Directory:
+    return _Directory({}, None, [], [])
+
+
+def _read_propfind(transport: HostTransport, directory: str, mtimes: bool) -> _Directory:
+    """List one collection: files, subdirectories, undecodable hrefs."""
     response = _propfind(transport, directory)
     try:
         if response.status == 404:
-            return {}, [], []  # removed while we walked
+            return _empty()  # removed while we walked
         if response.status != 207:
             raise _BadDirectory(f"PROPFIND answered {response.status}")
         body = response.read()
@@ -265,7 +296,8 @@ def _read_propfind(
         root = ET.fromstring(body)
     except ET.ParseError as exc:
         raise _BadDirectory(f"PROPFIND answer is not XML: {exc}") from None
-    files: dict[str, Entry] = {}
+    files: Sizes = {}
+    times: dict[str, datetime | None] | None = {} if mtimes else None
     subdirs: list[str] = []
     bad: list[str] = []
     prefix = transport.prefix
@@ -305,18 +337,20 @@ def _read_propfind(
             if relative:
                 bad.append(href)
             continue
-        files[relative] = Entry(size, _http_date(modified) if mtimes else None)
-    return files, subdirs, bad
+        files[relative] = size
+        if times is not None:
+            times[relative] = _http_date(modified)
+    return _Directory(files, times, subdirs, bad)
 
 
 def _read_autoindex(
     transport: HostTransport, prefix: str, directory: str, mtimes: bool
-) -> tuple[dict[str, Entry], list[str], list[str]]:
-    """List one directory through nginx's JSON autoindex: (files, subdirectories, bad names)."""
+) -> _Directory:
+    """List one directory through nginx's JSON autoindex: files, subdirectories, bad names."""
     response = _listing_get(transport, prefix + directory)
     try:
         if response.status == 404:
-            return {}, [], []
+            return _empty()
         if response.status != 200:
             raise _BadDirectory(f"GET {prefix}{directory} answered {response.status}")
         entries = _json_array(response)
@@ -324,7 +358,8 @@ def _read_autoindex(
         response.close()
     if entries is None:
         raise _BadDirectory(f"GET {prefix}{directory} did not answer a JSON array")
-    files: dict[str, Entry] = {}
+    files: Sizes = {}
+    times: dict[str, datetime | None] | None = {} if mtimes else None
     subdirs: list[str] = []
     bad: list[str] = []
     for entry in entries:
@@ -334,61 +369,90 @@ def _read_autoindex(
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             continue
         relative = directory + name
-        if not _valid(relative):
+        # The directory was valid (it would not be walked otherwise): test the name only.
+        if _INVALID.search(name) is not None:
             bad.append(relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
             continue
         kind = entry.get("type")
-        if kind == "directory":
-            subdirs.append(relative + "/")
-        elif kind == "file":
+        if kind == "file":
             size = entry.get("size")
-            files[relative] = Entry(
-                size if isinstance(size, int) else None,
-                _http_date(entry.get("mtime")) if mtimes else None,
-            )
-    return files, subdirs, bad
+            files[relative] = size if isinstance(size, int) else None
+            if times is not None:
+                times[relative] = _http_date(entry.get("mtime"))
+        elif kind == "directory":
+            subdirs.append(relative + "/")
+    return _Directory(files, times, subdirs, bad)
 
 
 # --- whole trees ------------------------------------------------------------------------
 
 
+#: Receives each listed directory's files in place of ``Listing.files`` (see list_host).
+Sink = Callable[[str, Sizes], None]
+
+
 def _walk(
-    transport: HostTransport,
-    read: Callable[[str], tuple[dict[str, Entry], list[str], list[str]]],
+    read: Callable[[str], _Directory],
     workers: int,
     listing: Listing,
+    sink: Sink | None = None,
 ) -> list[str]:
-    """Walk the tree breadth-first, ``workers`` directories at a time.
+    """Walk the tree, ``workers`` directories at a time.
 
     Returns the directories that could not be listed (their files are unknown).
     A connection failure aborts the walk: the host is unreachable.
+
+    Answers come back through a queue, in the order they finish: waiting on the
+    pending futures instead (``concurrent.futures.wait``) locks and scans every one
+    of them per answer, quadratic in a tree of thousands of directories. Only twice
+    ``workers`` directories are submitted at a time, the others wait as names: a
+    future per directory of a 3,000-directory tree, submitted at once, held
+    tens of megabytes across three hosts.
     """
     unlisted: list[str] = []
+    finished: queue.SimpleQueue[concurrent.futures.Future[_Directory]] = queue.SimpleQueue()
+    pending: dict[concurrent.futures.Future[_Directory], str] = {}
+    waiting: deque[str] = deque([""])
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=workers, thread_name_prefix="django_resto_list"
     ) as pool:
-        pending = {pool.submit(read, ""): ""}
+
+        def submit() -> None:
+            while waiting and len(pending) < 2 * workers:
+                directory = waiting.popleft()
+                future = pool.submit(read, directory)
+                pending[future] = directory
+                future.add_done_callback(finished.put)
+
+        submit()
         try:
             while pending:
-                done, _ = concurrent.futures.wait(
-                    pending, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in done:
-                    directory = pending.pop(future)
-                    listing.requests += 1
-                    try:
-                        files, subdirs, bad = future.result()
-                    except _BadDirectory as exc:
-                        if not directory:
-                            raise ListingError(listing.host, str(exc)) from None
-                        unlisted.append(directory)
-                        listing.notes.append(f"Could not list {directory}: {exc}")
-                        continue
-                    listing.files.update(files)
-                    for name in bad:
-                        listing.notes.append(f"Ignored a name that is not valid UTF-8: {name!r}")
-                    for subdir in subdirs:
-                        pending[pool.submit(read, subdir)] = subdir
+                future = finished.get()
+                directory = pending.pop(future)
+                listing.requests += 1
+                try:
+                    result = future.result()
+                except _BadDirectory as exc:
+                    if not directory:
+                        raise ListingError(listing.host, str(exc)) from None
+                    unlisted.append(directory)
+                    listing.notes.append(f"Could not list {directory}: {exc}")
+                    submit()
+                    continue
+                # Queued before the files are handled, for the workers to fetch meanwhile.
+                waiting.extend(result.subdirs)
+                submit()
+                for name in result.bad:
+                    listing.notes.append(f"Ignored a name that is not valid UTF-8: {name!r}")
+                if sink is not None:
+                    sink(directory, result.files)
+                elif result.mtimes is None:
+                    listing.files.update({name: Entry(size) for name, size in result.files.items()})
+                else:
+                    times = result.mtimes
+                    listing.files.update(
+                        {name: Entry(size, times[name]) for name, size in result.files.items()}
+                    )
         finally:
             for future in pending:
                 future.cancel()
@@ -448,7 +512,9 @@ def probe_names(
 
 
 def _hidden(name: str) -> bool:
-    return any(part.startswith(".") for part in name.split("/"))
+    """Whether a segment of ``name`` starts with a dot (a test on the whole string, not
+    per segment: it runs once per expected name)."""
+    return name.startswith(".") or "/." in name
 
 
 def _under(name: str, directories: Collection[str]) -> bool:
@@ -463,6 +529,7 @@ def list_host(
     prefix: str | None = None,
     workers: int = DEFAULT_WORKERS,
     mtimes: bool = False,
+    sink: Sink | None = None,
 ) -> Listing:
     """List every file below the media prefix on ``transport``'s host.
 
@@ -471,6 +538,12 @@ def list_host(
     (dot-files on nginx, directories that failed to list). ``method`` forces a
     method instead of detecting one. Raises ListingError when the host cannot be
     reached or its root cannot be listed.
+
+    ``sink`` is handed each listed directory's ``{name: size}`` as it arrives, and
+    the listing's ``files`` then only hold the names probed with HEAD: an audit
+    compares directory by directory, instead of holding a whole tree per host
+    (``mtimes`` do not reach a sink). ``expected`` is read again as needed when it is
+    a collection, not copied.
     """
     prefix = listing_prefix() if prefix is None else prefix
     workers = max(1, min(workers, transport.pool_size))
@@ -482,22 +555,24 @@ def list_host(
         elif method not in METHODS:
             raise ValueError(f"Unknown listing method {method!r}; choose one of {METHODS}")
         listing = Listing(host=host, method=method, notes=notes)
-        expected_names = list(expected or ())
+        expected_names: Collection[str] = (
+            expected if isinstance(expected, Collection) else list(expected or ())
+        )
         if method == HEAD:
             listing.complete = False
             probe_names(transport, expected_names, listing, workers=workers, mtimes=mtimes)
             return listing
         if method == PROPFIND:
 
-            def read(directory: str) -> tuple[dict[str, Entry], list[str], list[str]]:
-                return _read_propfind(transport, directory, mtimes)
+            def read(directory: str) -> _Directory:
+                return _read_propfind(transport, directory, mtimes and sink is None)
 
         else:
 
-            def read(directory: str) -> tuple[dict[str, Entry], list[str], list[str]]:
-                return _read_autoindex(transport, prefix, directory, mtimes)
+            def read(directory: str) -> _Directory:
+                return _read_autoindex(transport, prefix, directory, mtimes and sink is None)
 
-        unlisted = _walk(transport, read, workers, listing)
+        unlisted = _walk(read, workers, listing, sink)
     except TransportError as exc:
         raise ListingError(host, describe(exc)) from exc
     blind: list[str] = []
@@ -512,7 +587,8 @@ def list_host(
                 f"{len(hidden)} name(s) with a dot-file segment checked with HEAD "
                 "(nginx's autoindex hides them); extra dot-files cannot be detected."
             )
-        blind.extend(name for name in hidden if name not in blind)
+        already = set(blind)
+        blind.extend(name for name in hidden if name not in already)
     if blind:
         probe_names(transport, blind, listing, workers=workers, mtimes=mtimes)
     return listing

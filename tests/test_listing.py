@@ -286,8 +286,9 @@ def test_propfind_parser_accepts_absolute_hrefs_and_skips_foreign_ones(
 </multistatus>"""
     monkeypatch.setattr(listing, "_propfind", lambda transport, directory: _Response(207, body))
     transport = HostTransport(parse_host("127.0.0.1:9"), "/media/", timeout=1)
-    files, subdirs, bad = listing._read_propfind(transport, "d/", mtimes=True)
-    assert files == {"d/\u20ac x.txt": Entry(42, None)}
+    files, mtimes, subdirs, bad = listing._read_propfind(transport, "d/", mtimes=True)
+    assert files == {"d/\u20ac x.txt": 42}
+    assert mtimes == {"d/\u20ac x.txt": None}
     assert subdirs == ["d/sub/"]
     assert bad == ["/media/d/%FF"]
 

@@ -24,6 +24,9 @@ from django_resto.sync import HostReport, SyncReport, audit, repair
 #: Names listed per category in the text output unless -v 2 asks for all of them.
 SHOWN = 20
 
+#: JSON output is written this many encoder pieces at a time.
+JSON_PIECES = 4096
+
 
 def _usage(message: str) -> CommandError:
     return CommandError(message, returncode=2)
@@ -141,12 +144,24 @@ class Command(BaseCommand):
         ok = all(report.ok for report in reports)
         if options["json"]:
             summary = {"ok": ok, "storages": [report.to_dict() for report in reports]}
-            self.stdout.write(json.dumps(summary, indent=2))
+            self._write_json(summary)
         else:
             for report in reports:
                 self._print(report, options["verbosity"], modifying)
         if not ok:
             raise SystemExit(1)
+
+    def _write_json(self, summary: dict[str, Any]) -> None:
+        """Print ``summary`` in pieces: a host that lost 300,000 files makes a report of
+        megabytes, which ``json.dumps`` would hold whole, with its pieces, on top of the
+        audit's own memory."""
+        pieces: list[str] = []
+        for piece in json.JSONEncoder(indent=2).iterencode(summary):
+            pieces.append(piece)
+            if len(pieces) >= JSON_PIECES:
+                self.stdout.write("".join(pieces), ending="")
+                pieces.clear()
+        self.stdout.write("".join(pieces))
 
     def _storages(self, aliases: list[str] | None) -> list[tuple[str, Any]]:
         configured = registry.configured()
