@@ -55,6 +55,7 @@ class Comparison(Bench):
 
     def __init__(self, plan: Plan, tmp: Path, servers: list[Any], baseline: Path) -> None:
         super().__init__(plan, tmp, servers, Path(sys.executable))
+        self.journal = False  # each workload says whether it runs with the journal
         self.baseline = baseline
         self.pythons[BASELINE] = Path(sys.executable)
 

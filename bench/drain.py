@@ -43,6 +43,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 NEW = "this tree"
+#: bench/floor.py's client: the same PUTs, one after another, on kept-alive sockets.
+FLOOR = "the floor"
 STORAGE_ALIAS = "bench"
 SIZE = 1024
 #: Rows per second this package must reach (issue 12), on SQLite, 3 nginx on loopback.
@@ -132,8 +134,66 @@ class _Counter:
             connection.execute_wrappers.append(self)
 
 
+def _write_files(config: dict[str, Any]) -> tuple[list[str], list[str], Path]:
+    hosts = list(config["hosts"])
+    rows = int(config["rows"])
+    names = [f"d/{index // 100:03d}/{index:06d}.bin" for index in range(-(-rows // len(hosts)))]
+    root = Path(config["media_root"])
+    data = bytes(i % 251 for i in range(SIZE))
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return hosts, names, root
+
+
+def run_floor(config: dict[str, Any]) -> int:
+    """The same repairs' PUTs from the cheapest client: what the journal and the lock cost.
+
+    Each row's file goes to its host by sendfile(2) on that host's one kept-alive
+    socket, one row after another, with no journal to read or clear and no lock.
+    """
+    sys.path.insert(0, str(BENCH))
+    import django
+    import floor
+
+    load = os.getloadavg()[0]
+    hosts, names, root = _write_files(config)
+    rows = int(config["rows"])
+    clients = {host: floor.FloorClient([host]) for host in hosts}
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    for index in range(rows):
+        name = names[index // len(hosts)]
+        clients[hosts[index % len(hosts)]].put(name, path=str(root / name))
+    wall = time.perf_counter() - wall
+    cpu = time.process_time() - cpu
+    for client in clients.values():
+        client.close()
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "files": len(names),
+                "wall": wall,
+                "rate": rows / wall,
+                "cpu_per_row": cpu / rows,
+                "statements": {},
+                "load": load,
+                "django_resto": FLOOR,
+                "django": django.get_version(),
+                "sqlite": "",
+                "python": platform.python_version(),
+            }
+        )
+    )
+    return 0
+
+
 def run_worker(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
+    if config.get("floor"):
+        return run_floor(config)
     load = os.getloadavg()[0]
     _configure(config)
     import io
@@ -145,15 +205,8 @@ def run_worker(config_path: str) -> int:
     from django_resto.models import PendingReplication
     from django_resto.ordering import next_seq
 
-    hosts = list(config["hosts"])
+    hosts, names, _ = _write_files(config)
     rows = int(config["rows"])
-    names = [f"d/{index // 100:03d}/{index:06d}.bin" for index in range(-(-rows // len(hosts)))]
-    root = Path(config["media_root"])
-    data = bytes(i % 251 for i in range(SIZE))
-    for name in names:
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
     # One number older than every repair's: the repairs' own numbers settle the rows.
     seq = next_seq()
     PendingReplication.objects.bulk_create(
@@ -212,7 +265,7 @@ def run_worker(config_path: str) -> int:
 
 
 def _side_path(side: str, compared: dict[str, Path]) -> Path:
-    return REPO if side == NEW else compared[side]
+    return REPO if side in (NEW, FLOOR) else compared[side]
 
 
 def run_one(
@@ -228,6 +281,7 @@ def run_one(
             "media_root": str(work / "master"),
             "hosts": [server.host for server in servers],
             "rows": rows,
+            "floor": side == FLOOR,
         }
         config_path = work / "config.json"
         config_path.write_text(json.dumps(config))
@@ -249,7 +303,7 @@ def run_one(
         if done.returncode != 0:
             raise SystemExit(f"worker {label} failed:\n{done.stderr[-4000:]}")
         result = json.loads(done.stdout)
-        if Path(result["django_resto"]) != (path / "django_resto").resolve():
+        if side != FLOOR and Path(result["django_resto"]) != (path / "django_resto").resolve():
             raise SystemExit(f"worker {label} imported {result['django_resto']}, not {path}")
         for server in servers:
             held = sum(len(files) for _, _, files in os.walk(server.root / "d"))
@@ -300,8 +354,9 @@ def report(results: dict[str, list[dict[str, Any]]], context: dict[str, Any]) ->
         kinds = sorted({k for r in runs for k in r["statements"]})
         per_row = ", ".join(f"{kind} {_per_row(runs, kind):.3f}" for kind in kinds)
         cpu = statistics.median(r["cpu_per_row"] for r in runs) * 1e6
+        where = "bench/floor.py" if side == FLOOR else runs[0]["django_resto"]
         lines.append(
-            f"| {side} ({runs[0]['django_resto']}) | {medians[side]:.0f} | "
+            f"| {side} ({where}) | {medians[side]:.0f} | "
             f"{min(rates):.0f} to {max(rates):.0f} | {cpu:.0f} | {per_row} |"
         )
     ok = medians.get(NEW, 0.0) >= TARGET
@@ -336,6 +391,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tmp-dir", type=Path, default=None, help="media files (a tmpfs)")
     parser.add_argument("--db-dir", type=Path, default=None, help="journal databases (a disk)")
     parser.add_argument("--output", type=Path, default=BENCH / "drain-results.md")
+    parser.add_argument(
+        "--floor", action="store_true", help="also time the same PUTs from bench/floor.py"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--check", action="store_true", help=f"exit 1 below {TARGET:.0f} rows/s")
     args = parser.parse_args(argv)
     if args.worker is None:
@@ -360,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         if not label or not path or not (Path(path) / "django_resto").is_dir():
             raise SystemExit(f"--compare {item!r}: want LABEL=PATH, PATH holding django_resto/")
         compared[label] = Path(path).resolve()
-    sides = [NEW, *compared]
+    sides = [NEW, *compared, *([FLOOR] if args.floor else [])]
     tmp = Path(args.tmp_dir or default_tmp_dir())
     db_dir = Path(args.db_dir or tempfile.gettempdir())
     started = time.perf_counter()
@@ -396,6 +455,21 @@ def main(argv: list[str] | None = None) -> int:
     text, ok = report(results, context)
     print(text)
     args.output.write_text(text)
+    if args.json is not None:
+        floor_runs = results.get(FLOOR)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": args.rows,
+                    "rows_per_s": statistics.median(r["rate"] for r in results[NEW]),
+                    "cpu_us_per_row": statistics.median(r["cpu_per_row"] for r in results[NEW])
+                    * 1e6,
+                    "floor_rows_per_s": statistics.median(r["rate"] for r in floor_runs)
+                    if floor_runs
+                    else None,
+                }
+            )
+        )
     return 1 if args.check and not ok else 0
 
 

@@ -3,8 +3,9 @@
 Usage: ``python bench/worker.py '<json spec>'``; prints one JSON object on stdout.
 
 This file is run by path, never imported as part of a package, and imports nothing
-from the repository: the same script drives this package (from the development
-virtualenv) and django-resto 1.3 (from its own virtualenv), and whichever
+from the repository but its neighbour ``floor.py`` (the floor client, found next to
+this file on ``sys.path``): the same script drives this package (from the development
+virtualenv), django-resto 1.3 (from its own virtualenv) and the floor, and whichever
 ``django_resto`` is first on ``sys.path`` is the one measured. The result says which
 one it was, so a mix-up cannot go unnoticed.
 
@@ -75,25 +76,34 @@ def configure(spec: dict[str, Any]) -> None:
     apps = []
     if spec.get("journal"):
         apps.append("django_resto")
-    settings.configure(
-        SECRET_KEY="django_resto benchmark",
-        DEBUG=False,
-        USE_TZ=True,
-        INSTALLED_APPS=apps,
-        DATABASES={
-            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(work / "db.sqlite3")}
+    values: dict[str, Any] = {
+        "SECRET_KEY": "django_resto benchmark",
+        "DEBUG": False,
+        "USE_TZ": True,
+        "INSTALLED_APPS": apps,
+        # The journal's database: a file on a disk (``db_dir``, the system's temporary
+        # directory) when the runner gives one, else next to the workload's files; WAL
+        # and synchronous=NORMAL, as the test settings and docs/operators.md have it.
+        "DATABASES": {
+            "default": {
+                "ENGINE": "django.db.backends.sqlite3",
+                "NAME": str(Path(spec.get("db_dir") or work) / "db.sqlite3"),
+                "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"},
+            }
         },
-        MEDIA_ROOT=str(work / "master"),
-        MEDIA_URL="/media/",
-        FILE_UPLOAD_TEMP_DIR=str(work / "upload"),
+        "MEDIA_ROOT": str(work / "master"),
+        "MEDIA_URL": "/media/",
+        "FILE_UPLOAD_TEMP_DIR": str(work / "upload"),
         # The same global settings drive both packages (1.3 reads RESTO_* only).
-        RESTO_MEDIA_HOSTS=list(spec["hosts"]),
-        RESTO_TIMEOUT=60,
-        LOGGING_CONFIG=None,
-        # A workload may set more (bench/compare.py turns the metrics off); settings a
-        # package does not know are ignored by it.
-        **spec.get("settings", {}),
-    )
+        "RESTO_MEDIA_HOSTS": list(spec["hosts"]),
+        "RESTO_TIMEOUT": 60,
+        "LOGGING_CONFIG": None,
+    }
+    # A workload may set more or other values (bench/compare.py turns the metrics off,
+    # the hanging-host workload shortens the timeout); settings a package does not know
+    # are ignored by it.
+    values.update(spec.get("settings", {}))
+    settings.configure(**values)
     django.setup()
     if spec.get("journal"):
         from django.core.management import call_command
@@ -102,6 +112,12 @@ def configure(spec: dict[str, Any]) -> None:
 
 
 def make_storage(spec: dict[str, Any]) -> Any:
+    if spec.get("floor"):
+        import floor
+
+        if spec["backend"] == "hybrid":
+            return floor.FloorHybrid(spec["hosts"], location=str(Path(spec["work_dir"]) / "master"))
+        return floor.FloorDistributed(spec["hosts"])
     from django_resto import storage
 
     backend = {"hybrid": storage.HybridStorage, "distributed": storage.DistributedStorage}[
@@ -136,9 +152,12 @@ def package_info() -> dict[str, Any]:
 
 
 def _cpu() -> float:
-    """CPU seconds used by this process so far, in every thread, user and system."""
-    times = os.times()
-    return times.user + times.system
+    """CPU seconds used by this process so far, in every thread, user and system.
+
+    ``process_time`` (CLOCK_PROCESS_CPUTIME_ID) has nanosecond resolution where
+    ``os.times`` counts 10 ms ticks: 40 saves of 1 MiB take about that much CPU.
+    """
+    return time.process_time()
 
 
 def _payload(size: int, seed: int) -> bytes:
@@ -147,8 +166,31 @@ def _payload(size: int, seed: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
+def _temporary_upload(size: int) -> Any:
+    """A file as Django's upload handlers leave one above FILE_UPLOAD_MAX_MEMORY_SIZE."""
+    from django.core.files.uploadedfile import TemporaryUploadedFile
+
+    upload = TemporaryUploadedFile("big.bin", "application/octet-stream", size, None)
+    block = _payload(min(CHUNK, size), 3)
+    written = 0
+    while written < size:
+        written += upload.write(block[: min(len(block), size - written)])
+    upload.flush()
+    upload.seek(0)
+    return upload
+
+
 def timed_saves(spec: dict[str, Any]) -> dict[str, Any]:
-    """``warmup`` unmeasured saves, then ``count`` measured ones, each of a new file."""
+    """``warmup`` unmeasured saves, then ``count`` measured ones, each of a new file.
+
+    ``upload`` says what the storage is handed: ``memory`` (default), what a form
+    upload below FILE_UPLOAD_MAX_MEMORY_SIZE is, or ``temporary``, a file on disk
+    written beforehand (not timed). ``threads`` > 1 runs the saves from that many
+    threads at once, as a threaded gunicorn worker would; the durations are then each
+    thread's, and the rate is every save over the wall time.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     store = make_storage(spec)
@@ -157,19 +199,32 @@ def timed_saves(spec: dict[str, Any]) -> dict[str, Any]:
     prefix = spec["prefix"]
     for i in range(spec["warmup"]):
         store.save(f"{prefix}/warm-{i}.bin", SimpleUploadedFile("w.bin", data))
-    durations = []
-    # What a form upload below FILE_UPLOAD_MAX_MEMORY_SIZE is: an in-memory file.
-    uploads = [SimpleUploadedFile("f.bin", data) for _ in range(spec["count"])]
-    names = []
+    durations: list[float] = []
+    if spec.get("upload") == "temporary":
+        uploads = [_temporary_upload(size) for _ in range(spec["count"])]
+    else:
+        uploads = [SimpleUploadedFile("f.bin", data) for _ in range(spec["count"])]
+    names: list[str] = [""] * len(uploads)
+    threads = spec.get("threads", 1)
+
+    def save(i: int) -> None:
+        start = time.perf_counter()
+        names[i] = store.save(f"{prefix}/{i}.bin", uploads[i])
+        durations.append(time.perf_counter() - start)
+
     with PeakRSS() as peak:
         cpu = _cpu()
         wall = time.perf_counter()
-        for i, upload in enumerate(uploads):
-            start = time.perf_counter()
-            names.append(store.save(f"{prefix}/{i}.bin", upload))
-            durations.append(time.perf_counter() - start)
+        if threads > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(save, range(len(uploads))))
+        else:
+            for i in range(len(uploads)):
+                save(i)
         wall = time.perf_counter() - wall
         cpu = _cpu() - cpu
+    for upload in uploads:
+        upload.close()
     return {
         "durations": durations,
         "wall": wall,
@@ -182,81 +237,15 @@ def timed_saves(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def raw_put(spec: dict[str, Any]) -> dict[str, Any]:
-    """The floor: PUTs of the same bytes on kept-alive requests Sessions, no storage at all.
-
-    With one URL, one PUT per operation. With several, one operation is a PUT to every
-    URL at once, one thread and one Session per URL: what the hardware allows a fan-out.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import requests
-
-    data = _payload(spec["size"], 7)
-    urls = [url.rstrip("/") for url in spec["urls"]]
-    prefix = spec["prefix"]
-    sessions = []
-    for _ in urls:
-        session = requests.Session()
-        session.trust_env = False
-        sessions.append(session)
-
-    def put(index: int, name: str) -> None:
-        response = sessions[index].put(f"{urls[index]}/{name}", data=data, timeout=60)
-        if response.status_code not in (201, 204):
-            raise RuntimeError(f"PUT {urls[index]}/{name} answered {response.status_code}")
-
-    pool = ThreadPoolExecutor(max_workers=len(urls)) if len(urls) > 1 else None
-
-    def operation(name: str) -> None:
-        if pool is None:
-            put(0, name)
-        else:
-            list(pool.map(put, range(len(urls)), [name] * len(urls)))
-
-    for i in range(spec["warmup"]):
-        operation(f"{prefix}/warm-{i}.bin")
-    durations = []
-    cpu = _cpu()
-    wall = time.perf_counter()
-    for i in range(spec["count"]):
-        start = time.perf_counter()
-        operation(f"{prefix}/{i}.bin")
-        durations.append(time.perf_counter() - start)
-    wall = time.perf_counter() - wall
-    cpu = _cpu() - cpu
-    if pool is not None:
-        pool.shutdown()
-    for session in sessions:
-        session.close()
-    return {
-        "durations": durations,
-        "wall": wall,
-        "cpu": cpu,
-        "count": len(durations),
-        "median": statistics.median(durations),
-        "names": [f"{prefix}/{i}.bin" for i in range(spec["count"])],
-    }
-
-
 def big_file(spec: dict[str, Any]) -> dict[str, Any]:
     """Save one large upload, as Django hands it over: a TemporaryUploadedFile on disk."""
-    from django.core.files.uploadedfile import TemporaryUploadedFile
-
     store = make_storage(spec)
     size = spec["size"]
     # Warm up imports and connections with a small save first.
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     store.save(f"{spec['prefix']}/warm.bin", SimpleUploadedFile("w.bin", b"x" * 4096))
-    upload = TemporaryUploadedFile("big.bin", "application/octet-stream", size, None)
-    block = _payload(CHUNK, 3)
-    written = 0
-    while written < size:
-        written += upload.write(block[: min(CHUNK, size - written)])
-    upload.flush()
-    upload.seek(0)
-    del block
+    upload = _temporary_upload(size)
     # Not timed: the file was just written, so it sits in the page cache for both
     # packages alike, as a freshly received upload would.
     name = f"{spec['prefix']}/big.bin"
@@ -276,13 +265,12 @@ def big_file(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-WORKLOADS = {"saves": timed_saves, "raw_put": raw_put, "big": big_file}
+WORKLOADS = {"saves": timed_saves, "big": big_file}
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    if spec["workload"] != "raw_put":
-        configure(spec)
+    configure(spec)
     if spec.get("profile"):
         import cProfile
         import io
@@ -297,7 +285,7 @@ def main() -> None:
         result["profile"] = out.getvalue()
     else:
         result = WORKLOADS[spec["workload"]](spec)
-    if spec["workload"] != "raw_put":
+    if not spec.get("floor"):
         result.update(package_info())
     json.dump(result, sys.stdout)
 
