@@ -86,6 +86,30 @@ def mark(
     """
     model = _model()
     moment = timezone.now() if attempted else None
+    hosts = list(hosts)
+    connection = connections[router.db_for_write(model)]
+    if hosts and connection.vendor in _UPSERT_VENDORS:
+        values = {
+            "operation": operation,
+            "seq": seq,
+            "last_error": error[:4000],
+            "sources": list(sources or []),
+            "next_attempt": next_attempt,
+            "last_attempt": moment,
+            "attempts": 1 if attempted else 0,
+            "first_attempt": timezone.now(),
+        }
+        fields = {column: model._meta.get_field(column) for column in values}
+        prepared = [
+            fields[column].get_db_prep_save(value, connection) for column, value in values.items()
+        ]
+        params: list[Any] = []
+        for host in hosts:
+            params += [storage, host, name, *prepared]
+        params.append(1 if attempted else 0)
+        with connection.cursor() as cursor:
+            cursor.execute(_upsert_sql(connection.alias, len(hosts), attempted), params)
+        return
     for host in hosts:
         fields = {
             "operation": operation,
@@ -98,6 +122,50 @@ def mark(
             fields["last_attempt"] = moment
         rows = model.objects.filter(storage=storage, host=host, name=name)
         _upsert(model, rows, storage, host, name, seq, attempted, fields)
+
+
+#: Databases whose ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE`` writes a failure in
+#: one statement; elsewhere the ORM's update-or-create (``_upsert``) does it in three
+#: or four. On a save whose host is down (or an AsyncStorage save, which marks every
+#: host before its work is handed out) the ORM's were most of the save's cost: about
+#: 1.5 ms against 0.1 ms.
+_UPSERT_VENDORS = ("sqlite", "postgresql")
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(alias: str, host_count: int, attempted: bool) -> str:
+    """The supersession rule as one upsert: a row written by a newer operation is left."""
+    model = _model()
+    quote = connections[alias].ops.quote_name
+    table = quote(model._meta.db_table)
+
+    def column(field: str) -> str:
+        return quote(model._meta.get_field(field).column)
+
+    inserted = [
+        "storage",
+        "host",
+        "name",
+        "operation",
+        "seq",
+        "last_error",
+        "sources",
+        "next_attempt",
+        "last_attempt",
+        "attempts",
+        "first_attempt",
+    ]
+    updated = ["operation", "seq", "last_error", "sources", "next_attempt"]
+    if attempted:
+        updated.append("last_attempt")  # an intent (not attempted) leaves the last try's
+    rows = ", ".join(["(" + ", ".join(["%s"] * len(inserted)) + ")"] * host_count)
+    return (
+        f"INSERT INTO {table} ({', '.join(column(f) for f in inserted)}) VALUES {rows} "
+        f"ON CONFLICT ({column('storage')}, {column('host')}, {column('name')}) DO UPDATE SET "
+        + ", ".join(f"{column(f)} = EXCLUDED.{column(f)}" for f in updated)
+        + f", {column('attempts')} = {table}.{column('attempts')} + %s"
+        f" WHERE {table}.{column('seq')} <= EXCLUDED.{column('seq')}"
+    )
 
 
 def _upsert(

@@ -13,11 +13,20 @@ from django_resto.storage import DistributedStorage, HybridStorage
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(params=["upsert", "orm"])
+def both_paths(request, monkeypatch):
+    """The one-statement upsert (SQLite, PostgreSQL) and the ORM's update-or-create
+    (every other database) must write the same rows."""
+    if request.param == "orm":
+        monkeypatch.setattr(journal, "_UPSERT_VENDORS", ())
+    return request.param
+
+
 def row(host="h", name="n") -> PendingReplication:
     return PendingReplication.objects.get(storage="s", host=host, name=name)
 
 
-def test_mark_creates_then_a_newer_operation_supersedes():
+def test_mark_creates_then_a_newer_operation_supersedes(both_paths):
     journal.mark("s", ["h"], "n", "PUT", 10, error="boom")
     journal.mark("s", ["h"], "n", "DELETE", 20, error="bang")
     current = row()
@@ -30,13 +39,13 @@ def test_mark_creates_then_a_newer_operation_supersedes():
     assert PendingReplication.objects.count() == 1
 
 
-def test_an_older_operation_never_overwrites_a_newer_row():
+def test_an_older_operation_never_overwrites_a_newer_row(both_paths):
     journal.mark("s", ["h"], "n", "DELETE", 20, error="newer")
     journal.mark("s", ["h"], "n", "PUT", 10, error="older, finished late")
     assert (row().operation, row().seq, row().last_error) == ("DELETE", 20, "newer")
 
 
-def test_an_older_success_never_clears_a_newer_row():
+def test_an_older_success_never_clears_a_newer_row(both_paths):
     journal.mark("s", ["h"], "n", "PUT", 20)
     assert journal.clear("s", ["h"], "n", 10) == 0
     assert row().seq == 20
@@ -44,7 +53,7 @@ def test_an_older_success_never_clears_a_newer_row():
     assert PendingReplication.objects.count() == 0
 
 
-def test_intent_rows_count_no_attempt():
+def test_intent_rows_count_no_attempt(both_paths):
     journal.mark("s", ["a", "b"], "n", "SYNC", 5, error="pending", attempted=False)
     assert sorted(PendingReplication.objects.values_list("host", "attempts", "last_attempt")) == [
         ("a", 0, None),
@@ -52,7 +61,7 @@ def test_intent_rows_count_no_attempt():
     ]
 
 
-def test_rows_are_per_storage_host_and_name():
+def test_rows_are_per_storage_host_and_name(both_paths):
     journal.mark("s", ["a"], "n", "PUT", 1)
     journal.mark("s", ["b"], "n", "PUT", 1)
     journal.mark("s", ["a"], "m", "PUT", 1)
@@ -210,3 +219,32 @@ def test_the_probe_in_the_locks_statement_sees_a_row_and_the_save_clears_it(
     # The row of the name saved is cleared; another name's stays.
     assert list(PendingReplication.objects.values_list("name", flat=True)) == ["other.txt"]
     assert "DELETE" in _statements(captured)
+
+
+def test_an_intent_keeps_the_last_attempt_and_a_failure_sets_it(both_paths):
+    journal.mark("s", ["h"], "n", "PUT", 5, error="boom", sources=["a"])
+    first = row()
+    assert (first.attempts, first.sources, first.next_attempt) == (1, ["a"], None)
+    assert first.last_attempt is not None
+    journal.mark("s", ["h"], "n", "SYNC", 6, error="pending", attempted=False)
+    again = row()
+    assert (again.operation, again.seq, again.attempts, again.sources) == ("SYNC", 6, 1, [])
+    assert again.last_attempt == first.last_attempt  # an intent is not an attempt
+    assert again.first_attempt == first.first_attempt
+
+
+def test_a_failed_save_journals_its_row_in_one_statement(settings, media_server_factory):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    up, down = media_server_factory("nginx"), media_server_factory("nginx")
+    storage = resto_storages(settings, "HybridStorage", [up.host, down.host], breaker_window=0)
+    storage.save("warm.txt", ContentFile(b"warm"))
+    down.stop()
+    with CaptureQueriesContext(connection) as captured:
+        storage.save("one.txt", ContentFile(b"1"))
+    statements = _statements(captured)
+    # The lock's statement(s) as for a success, then the row: one INSERT ... ON CONFLICT.
+    expected = {"sqlite": ["INSERT", "INSERT"], "postgresql": ["SELECT", "INSERT", "SELECT"]}
+    assert statements == expected[connection.vendor]
+    assert [(r.host, r.name) for r in PendingReplication.objects.all()] == [(down.host, "one.txt")]
