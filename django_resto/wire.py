@@ -207,7 +207,7 @@ class BytesBody(Body):
     """Bytes already in memory (small uploads): shared read-only, never copied."""
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self.data = memoryview(data).toreadonly()
+        self.data = memoryview(data).toreadonly().cast("B")
         self.size = self.data.nbytes
 
     def open(self) -> IO[bytes]:
@@ -643,6 +643,18 @@ class Connection:
     def _sendall(self, data: bytes | memoryview) -> None:
         # sendall's timeout bounds the whole call (Python >= 3.5), TLS's each record write.
         self._arm()
+        if self.plain:
+            # Written first, waited for only if the socket is full: on a socket with a
+            # timeout, Python polls before every send, which for a request that fits in
+            # the socket's buffer (nearly all of them) is a second system call and a
+            # second release of the GIL, paid by every thread of the process.
+            try:
+                sent = os.write(self.sock.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
         try:
             self.sock.sendall(data)
         except TimeoutError as exc:
