@@ -147,6 +147,35 @@ def _write_files(config: dict[str, Any]) -> tuple[list[str], list[str], Path]:
     return hosts, names, root
 
 
+def _print_result(
+    rows: int,
+    files: int,
+    wall: float,
+    cpu: float,
+    load: float,
+    statements: dict[str, int],
+    where: str,
+    sqlite: str,
+) -> None:
+    """The worker's figures, as the parent reads them (one JSON object on stdout)."""
+    import django
+
+    result = {
+        "rows": rows,
+        "files": files,
+        "wall": wall,
+        "rate": rows / wall,
+        "cpu_per_row": cpu / rows,
+        "statements": statements,
+        "load": load,
+        "django_resto": where,
+        "django": django.get_version(),
+        "sqlite": sqlite,
+        "python": platform.python_version(),
+    }
+    print(json.dumps(result))
+
+
 def run_floor(config: dict[str, Any]) -> int:
     """The same repairs' PUTs from the cheapest client: what the journal and the lock cost.
 
@@ -154,7 +183,6 @@ def run_floor(config: dict[str, Any]) -> int:
     socket, one row after another, with no journal to read or clear and no lock.
     """
     sys.path.insert(0, str(BENCH))
-    import django
     import floor
 
     load = os.getloadavg()[0]
@@ -170,23 +198,7 @@ def run_floor(config: dict[str, Any]) -> int:
     cpu = time.process_time() - cpu
     for client in clients.values():
         client.close()
-    print(
-        json.dumps(
-            {
-                "rows": rows,
-                "files": len(names),
-                "wall": wall,
-                "rate": rows / wall,
-                "cpu_per_row": cpu / rows,
-                "statements": {},
-                "load": load,
-                "django_resto": FLOOR,
-                "django": django.get_version(),
-                "sqlite": "",
-                "python": platform.python_version(),
-            }
-        )
-    )
+    _print_result(rows, len(names), wall, cpu, load, {}, FLOOR, "")
     return 0
 
 
@@ -198,7 +210,6 @@ def run_worker(config_path: str) -> int:
     _configure(config)
     import io
 
-    import django
     from django.core.management import call_command
 
     import django_resto
@@ -241,23 +252,8 @@ def run_worker(config_path: str) -> int:
         raise SystemExit(f"{left} row(s) left (status {status}): {err.getvalue()[-2000:]}")
     import sqlite3
 
-    print(
-        json.dumps(
-            {
-                "rows": rows,
-                "files": len(names),
-                "wall": wall,
-                "rate": rows / wall,
-                "cpu_per_row": cpu / rows,
-                "statements": counter.counts,
-                "load": load,
-                "django_resto": str(Path(django_resto.__file__).resolve().parent),
-                "django": django.get_version(),
-                "sqlite": sqlite3.sqlite_version,
-                "python": platform.python_version(),
-            }
-        )
-    )
+    where = str(Path(django_resto.__file__).resolve().parent)
+    _print_result(rows, len(names), wall, cpu, load, counter.counts, where, sqlite3.sqlite_version)
     return 0
 
 
