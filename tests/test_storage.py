@@ -460,10 +460,12 @@ def test_distributed_listdir_and_path_are_not_available(test_servers):
 def test_small_writes_start_on_every_host_from_the_calling_thread(
     test_servers, media_root, monkeypatch
 ):
-    """Bodies up to wire.INLINE_BODY and DELETEs need no thread; bigger bodies use the pool."""
+    """Bodies up to operations.PHASED_BODY and DELETEs need no thread; bigger bodies use
+    the pool."""
     import threading
 
     from django_resto import wire
+    from django_resto.operations import PHASED_BODY
     from django_resto.transport import HostTransport
 
     servers = test_servers(3)
@@ -483,16 +485,18 @@ def test_small_writes_start_on_every_host_from_the_calling_thread(
     monkeypatch.setattr(HostTransport, "start_put", spy_put)
     monkeypatch.setattr(HostTransport, "start_delete", spy_delete)
     main = threading.current_thread().name
-    storage.save("small.bin", ContentFile(b"s" * wire.INLINE_BODY))
-    storage.delete("small.bin")
-    assert threads == [("PUT", main)] * 3 + [("DELETE", main)] * 3
-    threads.clear()
-    storage.save("big.bin", ContentFile(b"b" * (wire.INLINE_BODY + 1)))
+    # Inline (head and body in one send), then a body sent by sendfile: both phased.
+    for size in (wire.INLINE_BODY, PHASED_BODY):
+        storage.save(f"small-{size}.bin", ContentFile(b"s" * size))
+        storage.delete(f"small-{size}.bin")
+        assert threads == [("PUT", main)] * 3 + [("DELETE", main)] * 3
+        threads.clear()
+    storage.save("big.bin", ContentFile(b"b" * (PHASED_BODY + 1)))
     assert [verb for verb, _ in threads] == ["PUT"] * 3
     names = sorted(name for _, name in threads)
     assert names.count(main) == 1  # the calling thread runs the first host itself
     assert all(name.startswith("django_resto") for name in names if name != main)
-    assert [server.read("big.bin") for server in servers] == [b"b" * (wire.INLINE_BODY + 1)] * 3
+    assert [server.read("big.bin") for server in servers] == [b"b" * (PHASED_BODY + 1)] * 3
 
 
 def test_a_subclass_put_file_is_run_not_bypassed(test_servers, media_root):

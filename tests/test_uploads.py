@@ -56,3 +56,44 @@ def test_a_distributed_save_does_not_copy_the_body_per_host(media_server_factory
     assert peak < SIZE / 4, peak
     for server in servers:
         assert server.read("big.bin") == upload.file.getvalue()
+
+
+def test_a_host_that_stops_reading_delays_the_phased_sends_after_it_by_its_deadline(
+    media_server_factory,
+):
+    """A 1 MiB body is sent host after host from the calling thread (operations.py).
+
+    A host that accepts and never reads holds the sends after it until its deadline
+    (timeout + body / min_transfer_rate); they then go out, succeed, and the save
+    returns with that host journaled: a second longer than the deadline at most.
+    """
+    import socket
+    import time
+
+    from django_resto.models import PendingReplication
+    from django_resto.operations import PHASED_BODY
+
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(8)  # never accepted: the kernel's buffers fill, then nothing is read
+    try:
+        servers = [media_server_factory("nginx") for _ in range(2)]
+        hanging = f"127.0.0.1:{stuck.getsockname()[1]}"
+        storage = DistributedStorage(
+            hosts=[hanging, *(server.host for server in servers)],
+            journal_alias="tests",
+            timeout=0.5,
+            min_transfer_rate=8 * 1024 * 1024,
+            fatal_exceptions=False,
+            breaker_window=0,
+        )
+        body = os.urandom(PHASED_BODY)
+        started = time.monotonic()
+        storage.save("late.bin", ContentFile(body))
+        elapsed = time.monotonic() - started
+    finally:
+        stuck.close()
+    deadline = 0.5 + PHASED_BODY / (8 * 1024 * 1024)
+    assert deadline <= elapsed < deadline + 1.0, elapsed
+    assert [server.read("late.bin") for server in servers] == [body, body]
+    assert list(PendingReplication.objects.values_list("host", flat=True)) == [hanging]
