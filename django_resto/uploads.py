@@ -30,8 +30,8 @@ def body_of(content: File) -> Iterator[Body]:
     if isinstance(inner, io.BytesIO):
         # getvalue(), not getbuffer(): a BytesIO made from bytes (ContentFile,
         # SimpleUploadedFile) hands over that very bytes object, where getbuffer() would
-        # first copy it (1 MiB per 1 MiB save). One Django's upload handler wrote into
-        # is trimmed to its size, in place.
+        # first copy it (1 MiB per 1 MiB save). A BytesIO that Django's upload handler
+        # wrote into is trimmed to its size, in place.
         yield BytesBody(inner.getvalue())
         return
     with tempfile.NamedTemporaryFile(
