@@ -86,7 +86,8 @@ def mark(
     """
     model = _model()
     moment = timezone.now() if attempted else None
-    hosts = list(hosts)
+    # Once each: one upsert may not touch a row twice (PostgreSQL refuses it).
+    hosts = list(dict.fromkeys(hosts))
     connection = connections[router.db_for_write(model)]
     if hosts and connection.vendor in _UPSERT_VENDORS:
         values = {
