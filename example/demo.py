@@ -275,6 +275,22 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold the deadline, SIGTERM and SIGINT while a process is started and registered.
+
+    Delivered between the spawn and ``cleanup.add``, the exception would leave the
+    process running, unknown to the cleanup (a runserver outlived a demo cut short at
+    1 s that way). Held, it is raised as soon as the process is registered.
+    """
+    held = {signal.SIGALRM, signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def kill_group(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, SIGKILL what is left after a bounded wait, reap the leader.
 
@@ -307,7 +323,7 @@ def running_site(
     """
     for attempt in range(3):
         port = free_port()
-        with log_path.open("ab") as log:
+        with uninterrupted(), log_path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
                 cwd=EXAMPLE_DIR,
@@ -317,7 +333,7 @@ def running_site(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        cleanup.add("site", port, lambda process=process: kill_group(process))
+            cleanup.add("site", port, lambda process=process: kill_group(process))
         try:
             url = f"http://127.0.0.1:{port}"
             if _wait_until_up(process, url):
@@ -393,8 +409,11 @@ def run(args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> bool:
     servers: list[MediaServer] = []
     say("== Media servers (loopback, writes need HTTP Basic credentials)")
     for kind in ("nginx", "lighttpd"):
-        media = start_media_server(kind, tmp, credentials, use_real=args.media_servers == "auto")
-        cleanup.add(media.name, media.port, media.server.stop)
+        with uninterrupted():
+            media = start_media_server(
+                kind, tmp, credentials, use_real=args.media_servers == "auto"
+            )
+            cleanup.add(media.name, media.port, media.server.stop)
         servers.append(media)
         say(f"  {media.server.host}  {media.name}: {media.label}")
     hosts = [media.server.host for media in servers]
