@@ -202,14 +202,12 @@ def next_seq(alias: str | None = None) -> int:
     if alias is None:
         return time.time_ns()
     connection = connections[alias]
-    if connection.vendor == "postgresql":
-        sql, params = "SELECT nextval('django_resto_seq')", []
-    elif connection.vendor == "sqlite":
-        sql, params = f"{_SQLITE_NEXT} RETURNING value", [FIRST_SEQ]
-    else:
+    if connection.vendor == "sqlite":
+        return _sqlite_next(alias, None)[0]
+    if connection.vendor != "postgresql":
         return _orm_next_seq(alias)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute("SELECT nextval('django_resto_seq')")
         row = cursor.fetchone()
     assert row is not None
     return int(row[0])
@@ -225,11 +223,19 @@ def _draw(alias: str | None, probe: tuple[str, Sequence[Any]] | None) -> tuple[i
     """
     if probe is None or DISABLED or alias is None or connections[alias].vendor != "sqlite":
         return next_seq(alias), None
+    return _sqlite_next(alias, probe)
+
+
+def _sqlite_next(alias: str, probe: tuple[str, Sequence[Any]] | None) -> tuple[int, bool | None]:
+    """SQLite's counter upsert, with the probe's answer as a second column if given."""
+    sql, params = f"{_SQLITE_NEXT} RETURNING value", [FIRST_SEQ]
+    if probe is not None:
+        sql, params = f"{sql}, {probe[0]}", [*params, *probe[1]]
     with connections[alias].cursor() as cursor:
-        cursor.execute(f"{_SQLITE_NEXT} RETURNING value, {probe[0]}", [FIRST_SEQ, *probe[1]])
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     assert row is not None
-    return int(row[0]), bool(row[1])
+    return int(row[0]), (bool(row[1]) if probe is not None else None)
 
 
 def _orm_next_seq(alias: str) -> int:
