@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from stat import S_ISDIR
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin
 
@@ -200,9 +201,11 @@ class HybridStorage(ReplicatedStorageMixin, FileSystemStorage):
 
     def master_copy(self, name: str) -> Body:
         path = self.path(name)
-        if os.path.isdir(path):
+        # One stat answers both questions (a directory? how large?).
+        found = os.stat(path)
+        if S_ISDIR(found.st_mode):
             raise IsADirectoryError(f"{name} is a directory in the master copy")
-        return FileBody(path)
+        return FileBody(path, size=found.st_size)
 
     def expected_state(self, name: str) -> bool:
         # Not exists(): with allow_overwrite, Django's exists() may answer False
