@@ -6,10 +6,11 @@ Usage (from the repository root, with the development virtualenv)::
 
 Every replication of a name runs under a lock shared by every process (ordering.py):
 on PostgreSQL an advisory lock taken together with ``nextval`` in one round trip, then
-released in a second one; on SQLite an ``fcntl`` byte-range lock plus an UPSERT on the
-counter row. A 4 KiB HybridStorage save to three hosts is the case where that shows
-most: its own work (write the master copy, three small PUTs on keep-alive connections,
-one journal query) is short, so a fixed cost per save is the largest share of it.
+released in a second one; on SQLite an ``fcntl`` byte-range lock, and a number from a
+counter in the same lock file (the UPSERT of a counter row before). A 4 KiB
+HybridStorage save to three hosts is the case where that shows most: its own work
+(write the master copy, three small PUTs on keep-alive connections) is short, so a
+fixed cost per save is the largest share of it.
 
 The run starts three nginx WebDAV servers and a throwaway PostgreSQL cluster on
 127.0.0.1, then, for a few rounds, times ``--saves`` saves in a fresh interpreter for

@@ -84,10 +84,14 @@ def mark(
     leaves it empty, so that a row a newer operation wrote is due again at once
     whatever back-off an older failure had earned it.
     """
+    from .ordering import note_rows
+
     model = _model()
     moment = timezone.now() if attempted else None
     # Once each: one upsert may not touch a row twice (PostgreSQL refuses it).
     hosts = list(dict.fromkeys(hosts))
+    if hosts:
+        note_rows(storage, name)  # before the row: see ordering.note_rows
     fields: dict[str, Any] = {
         "operation": operation,
         "seq": seq,
@@ -206,8 +210,9 @@ def clear(
 ) -> int:
     """Forget rows that operation ``seq`` (or a later state of the host) made obsolete.
 
-    ``known=False`` says the caller already asked (``probe``, with the lock) and the
-    name had no rows: nothing is sent to the database.
+    ``known`` is what the caller already asked (``probe``, with the lock): False, the
+    name had no rows and nothing is sent to the database; True, it had, and the rows
+    are deleted without asking again.
     """
     hosts = list(hosts)
     if not hosts or known is False:
@@ -215,7 +220,7 @@ def clear(
     # Nearly every successful operation has nothing to clear, and building an ORM
     # query costs more than running it (about 0.6 ms, as much as the three PUTs of a
     # small save): ask with one prepared statement first.
-    if not _any_row(storage, hosts, name, seq):
+    if known is None and not _any_row(storage, hosts, name, seq):
         return 0
     rows = _model().objects.filter(storage=storage, host__in=hosts, name=name, seq__lte=seq)
     deleted, _ = rows.delete()

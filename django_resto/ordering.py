@@ -20,9 +20,14 @@ database.
 - Anything else: the in-process lock only (the system check ``django_resto.W007``
   says so): correct for one process, not for several.
 
-The lock also issues the operation's sequence number (:func:`next_seq`): from the
-database, inside the lock, so the journal's order is the order in which operations
-held the lock, whatever the clocks of the machines say.
+The lock also issues the operation's sequence number (:func:`next_seq`), inside the
+lock, so the journal's order is the order in which operations held the lock, whatever
+the clocks of the machines say: on PostgreSQL from a SEQUENCE; on SQLite from a
+counter in the lock file (the same machine is all SQLite orders), which a process's
+first number sets above every row's. Beside it, SQLite's rows file keeps a byte per
+name hash, set before any journal row is written for such a name: a success whose
+byte is not set has no row to clear and asks the database nothing, so a healthy save
+on SQLite runs no statement at all (:func:`note_rows`).
 
 Nested use in one thread (an operation that calls another, such as ``execute``
 inside ``replicate``) takes the lock once and shares its number.
@@ -30,8 +35,8 @@ inside ``replicate``) takes the lock once and shares its number.
 A drain's repairs may share one number between names (:func:`shared_number`): a number
 drawn before a name's lock is older than the lock, so a row it clears was written by
 an operation whose hold of the lock ended before the repair's began. It can only clear
-less than a number drawn inside the lock, never more, and it saves a database write
-per repair (on SQLite, the counter row; the write lock the hosts' threads queue on).
+less than a number drawn inside the lock, never more, and it saves drawing one per
+repair (on PostgreSQL, a statement).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -49,6 +55,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import connections, router
+from django.db.models import Max
 
 __all__ = [
     "LockTimeout",
@@ -191,7 +198,9 @@ _SQLITE_NEXT = (
 def next_seq(alias: str | None = None) -> int:
     """A number larger than every one issued before it, by any process on any machine.
 
-    PostgreSQL: a SEQUENCE (non-transactional, no row lock). Elsewhere: one counter
+    PostgreSQL: a SEQUENCE (non-transactional, no row lock). SQLite in a file: the
+    counter in the lock file (:func:`_file_next`), outside any transaction of the
+    database. Elsewhere (an in-memory SQLite database, another database): one counter
     row, incremented in place. Without the journal (no database): the clock, which is
     then only compared within this process.
     """
@@ -203,6 +212,8 @@ def next_seq(alias: str | None = None) -> int:
         return time.time_ns()
     connection = connections[alias]
     if connection.vendor == "sqlite":
+        if _sqlite_lock_path(alias) is not None:
+            return _file_next(alias)
         return _sqlite_next(alias, None)[0]
     if connection.vendor != "postgresql":
         return _orm_next_seq(alias)
@@ -213,17 +224,32 @@ def next_seq(alias: str | None = None) -> int:
     return int(row[0])
 
 
-def _draw(alias: str | None, probe: tuple[str, Sequence[Any]] | None) -> tuple[int, bool | None]:
-    """A new number, and on SQLite the probe's answer from the same statement.
+def _draw(
+    alias: str | None, probe: tuple[str, Sequence[Any]] | None, digest: int = 0
+) -> tuple[int, bool | None]:
+    """A new number, and on SQLite the probe's answer, each as cheaply as it comes.
 
-    The counter's upsert returns the probe as a second column (SQLite evaluates
-    subqueries in RETURNING), as PostgreSQL's lock statement does: the journal then
-    need not ask, in a statement of its own, whether a successful save has rows to
-    clear (nearly never), which was a third of what the journal cost a small save.
+    A database file: the number from the lock file (:func:`_file_next`), and the probe
+    asked only if the name's byte in the rows file says it may have rows
+    (:func:`note_rows`); a healthy save then runs no statement at all. An in-memory
+    database (one process): the counter's upsert, which returns the probe as a second
+    column, as PostgreSQL's lock statement does.
     """
     if probe is None or DISABLED or alias is None or connections[alias].vendor != "sqlite":
         return next_seq(alias), None
+    if _sqlite_lock_path(alias) is not None:
+        seq = _file_next(alias)
+        if not _may_have_rows(alias, digest):
+            return seq, False
+        return seq, _ask(alias, probe)
     return _sqlite_next(alias, probe)
+
+
+def _ask(alias: str, probe: tuple[str, Sequence[Any]]) -> bool:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"SELECT {probe[0]}", list(probe[1]))
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def _sqlite_next(alias: str, probe: tuple[str, Sequence[Any]] | None) -> tuple[int, bool | None]:
@@ -379,7 +405,7 @@ def _acquire(
             drawn = shared.current()
             if drawn is not None:
                 return shared.keep(drawn), None, fd
-        seq, rows = _draw(alias, probe)
+        seq, rows = _draw(alias, probe, digest)
         return (seq if shared is None else shared.keep(seq)), rows, fd
     except BaseException:
         _release(kind, alias, digest, fd)
@@ -457,6 +483,12 @@ def _sqlite_lock_path(alias: str) -> str | None:
 def _lock_file(alias: str) -> int:
     path = _sqlite_lock_path(alias)
     assert path is not None
+    return _open_cached(path)
+
+
+def _open_cached(path: str) -> int:
+    """One descriptor per file for the process's life: closing any descriptor of a file
+    would drop every POSIX lock this process holds on it."""
     fd = _files.get(path)
     if fd is None:
         with _files_lock:
@@ -495,11 +527,124 @@ def _file_acquire(alias: str, slot: int, wait: _Wait) -> int:
     return fd
 
 
+# --- SQLite: the numbers, and which names may have rows, in files ---------------------
+#
+# A number drawn from the counter row was a write transaction on every save: the
+# largest part of what the journal cost a small save, and, inside a request's
+# transaction (ATOMIC_REQUESTS), a write lock held until the request committed. SQLite
+# is one machine, so the number can come from where its locks already are: an 8-byte
+# counter in the lock file, past every name's byte, incremented under a lock of its own.
+
+#: Where the counter lives in the lock file: past every name's byte.
+_COUNTER_AT = _SLOTS
+_COUNTER = struct.Struct(">q")
+#: How far above the database's counter row the file's numbers start: a process still
+#: running the code that drew from the row (during an upgrade) then numbers its
+#: operations below every new one, which can only leave a row to repair, never clear one
+#: that should stay (a newer number clears, an older one cannot).
+_GENERATION_GAP = 1 << 40
+#: One byte per name hash in the rows file: 1 once a row may have been written for a
+#: name with that hash. A success whose name's byte is 0 has nothing to clear and asks
+#: nothing; one with 1 asks the database, as every success used to.
+_ROW_SLOTS = 1 << 20
+_counter_lock = threading.Lock()
+_seeded: set[str] = set()
+
+
+def _file_next(alias: str) -> int:
+    """The next number, from the counter in the lock file (see above).
+
+    The first draw of a process also looks at the database: the numbers go on above
+    every row's and above the counter row's (plus the gap), so that a lock file that is
+    new, or older than the journal (a database restored from a backup, a lost page
+    cache), never hands out a number some row already outranks.
+    """
+    path = _sqlite_lock_path(alias)
+    assert path is not None
+    fd = _lock_file(alias)
+    floor = 0 if path in _seeded else _database_floor(alias)
+    with _counter_lock:  # POSIX locks cannot keep two threads of one process apart
+        fcntl.lockf(fd, fcntl.LOCK_EX, _COUNTER.size, _COUNTER_AT)
+        try:
+            raw = os.pread(fd, _COUNTER.size, _COUNTER_AT)
+            current = _COUNTER.unpack(raw)[0] if len(raw) == _COUNTER.size else 0
+            value = max(current, floor) + 1
+            os.pwrite(fd, _COUNTER.pack(value), _COUNTER_AT)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, _COUNTER.size, _COUNTER_AT)
+    if path not in _seeded:
+        if not current:
+            _note_existing_rows(alias)
+        _seeded.add(path)
+    return value
+
+
+def _database_floor(alias: str) -> int:
+    """Above which the file's numbers must go: the journal's rows, the counter row."""
+    from .models import JournalSequence, PendingReplication
+
+    counter = JournalSequence.objects.using(alias).filter(pk=1).values_list("value", flat=True)
+    rows = PendingReplication.objects.using(alias).aggregate(top=Max("seq"))["top"]
+    return max((counter.first() or FIRST_SEQ) + _GENERATION_GAP, rows or 0)
+
+
+def _rows_path(alias: str) -> str:
+    path = _sqlite_lock_path(alias)
+    assert path is not None
+    return path[: -len("locks")] + "rows"
+
+
+def _rows_file(alias: str) -> int:
+    return _open_cached(_rows_path(alias))
+
+
+def note_rows(storage: str, name: str) -> None:
+    """Say, before writing one, that (storage, name) may have journal rows (SQLite).
+
+    Written before the row, so that a success that finds the byte at 0 can only have
+    looked before the row existed: the same as a probe asked then, which a row written
+    afterwards by another operation (with a newer number) must not be cleared by anyway.
+    Bytes are never reset; a name that shares one with a name once journaled only asks
+    the database, as before.
+    """
+    if DISABLED:
+        return
+    alias = journal_database()
+    if alias is None or strategy(alias) != "sqlite":
+        return
+    try:
+        os.pwrite(_rows_file(alias), b"\x01", _digest(storage, name) % _ROW_SLOTS)
+    except OSError:
+        # The row is still written; only a success may then leave it for the drain.
+        logger.warning("Could not note a journal row in %s", _rows_path(alias), exc_info=True)
+
+
+def _may_have_rows(alias: str, digest: int) -> bool:
+    try:
+        # Past the end of the file (a byte never set) reads as nothing: no rows.
+        return os.pread(_rows_file(alias), 1, digest % _ROW_SLOTS) not in (b"", b"\x00")
+    except OSError:
+        return True  # cannot tell: ask the database
+
+
+def _note_existing_rows(alias: str) -> None:
+    """A new lock file meets the rows written before it (by older code, or before a
+    restore): their names' bytes are set, so that the successes that follow clear them."""
+    from .models import PendingReplication
+
+    fd = _rows_file(alias)
+    names = PendingReplication.objects.using(alias).values_list("storage", "name").distinct()
+    for storage, name in names.iterator():
+        os.pwrite(fd, b"\x01", _digest(storage, name) % _ROW_SLOTS)
+
+
 def _forget_files_after_fork() -> None:
     # A forked child shares the parent's open file description but not its locks;
     # it opens its own, so its locks are its own.
+    global _counter_lock
     _files.clear()
     _local.__dict__.clear()
+    _counter_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forget_files_after_fork)

@@ -241,10 +241,10 @@ def test_draining_1000_rows_takes_a_few_journal_statements(scripted):
     lock = [sql for sql in statements if _is_lock(sql)]
     others = [sql for sql in statements if not _is_lock(sql)]
     batches = math.ceil(rows / journal.BATCH_SIZE)
-    # A batch's repairs share one number, drawn by its first lock. SQLite locks in a
-    # file, so that is all; PostgreSQL locks and unlocks each name with a statement
-    # (the number drawn in the first), the price of ordering across machines.
-    assert len(lock) == (2 * rows if connection.vendor == "postgresql" else batches)
+    # SQLite locks and numbers in a file: no statement. PostgreSQL locks and unlocks
+    # each name with a statement (a batch's number drawn in its first), the price of
+    # ordering across machines.
+    assert len(lock) == (2 * rows if connection.vendor == "postgresql" else 0)
     # The bound and the hosts, then per batch a read and a delete (in a transaction:
     # BEGIN and COMMIT on SQLite), and the read that finds the end. Row by row, it was
     # three statements per row besides the lock.
