@@ -42,6 +42,7 @@ repair (on PostgreSQL, a statement).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -225,7 +226,7 @@ def next_seq(alias: str | None = None) -> int:
 
 
 def _draw(
-    alias: str | None, probe: tuple[str, Sequence[Any]] | None, digest: int = 0
+    alias: str | None, probe: tuple[str, Sequence[Any]] | None, digest: int, kind: str
 ) -> tuple[int, bool | None]:
     """A new number, and on SQLite the probe's answer, each as cheaply as it comes.
 
@@ -235,13 +236,15 @@ def _draw(
     database (one process): the counter's upsert, which returns the probe as a second
     column, as PostgreSQL's lock statement does.
     """
-    if probe is None or DISABLED or alias is None or connections[alias].vendor != "sqlite":
-        return next_seq(alias), None
-    if _sqlite_lock_path(alias) is not None:
+    if alias is not None and kind == "sqlite" and not DISABLED:
         seq = _file_next(alias)
+        if probe is None:
+            return seq, None
         if not _may_have_rows(alias, digest):
             return seq, False
         return seq, _ask(alias, probe)
+    if probe is None or DISABLED or alias is None or kind != "memory":
+        return next_seq(alias), None
     return _sqlite_next(alias, probe)
 
 
@@ -405,7 +408,7 @@ def _acquire(
             drawn = shared.current()
             if drawn is not None:
                 return shared.keep(drawn), None, fd
-        seq, rows = _draw(alias, probe, digest)
+        seq, rows = _draw(alias, probe, digest, kind)
         return (seq if shared is None else shared.keep(seq)), rows, fd
     except BaseException:
         _release(kind, alias, digest, fd)
@@ -474,7 +477,14 @@ _STRIPES = [threading.RLock() for _ in range(4096)]
 
 
 def _sqlite_lock_path(alias: str) -> str | None:
-    name = str(connections[alias].settings_dict.get("NAME") or "")
+    # The handler's settings, not connections[alias]: the same dict (the test runner's
+    # switch to the test database shows in both), without a thread-local lookup, on a
+    # path every save takes several times.
+    return _lock_path_of(str(connections.settings[alias].get("NAME") or ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _lock_path_of(name: str) -> str | None:
     if not name or name == ":memory:" or name.startswith("file:") or "mode=memory" in name:
         return None
     return f"{name}.resto-locks"
