@@ -87,7 +87,8 @@ def mark(
     from .ordering import note_rows
 
     model = _model()
-    moment = timezone.now() if attempted else None
+    now = timezone.now()
+    moment = now if attempted else None
     # Once each: one upsert may not touch a row twice (PostgreSQL refuses it).
     hosts = list(dict.fromkeys(hosts))
     if hosts:
@@ -105,10 +106,9 @@ def mark(
     if hosts and connection.vendor in _UPSERT_VENDORS:
         # A new row's own columns, after those an update rewrites (_UPSERT_COLUMNS).
         values = {**fields, "last_attempt": moment, "attempts": int(attempted)}
-        values["first_attempt"] = timezone.now()
+        values["first_attempt"] = now
         prepared = [
-            model._meta.get_field(column).get_db_prep_save(values[column], connection)
-            for column in _UPSERT_COLUMNS
+            _prepared(model, column, values[column], connection) for column in _UPSERT_COLUMNS
         ]
         params: list[Any] = []
         for host in hosts:
@@ -139,6 +139,20 @@ _UPSERT_COLUMNS = (
     "attempts",
     "first_attempt",
 )
+
+
+#: The upsert's columns that are datetimes: adapted by the backend itself, as the
+#: field would after its checks for naive values, which cost more than the statement's
+#: other parameters together (timezone.now() is aware).
+_DATETIME_COLUMNS = frozenset({"next_attempt", "last_attempt", "first_attempt"})
+
+
+def _prepared(model: Any, column: str, value: Any, connection: Any) -> Any:
+    if column in _DATETIME_COLUMNS:
+        return connection.ops.adapt_datetimefield_value(value)
+    if column == "sources":
+        return model._meta.get_field(column).get_db_prep_save(value, connection)
+    return value  # str and int, as the caller gives them
 
 
 @functools.lru_cache(maxsize=64)

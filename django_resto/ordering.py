@@ -56,7 +56,6 @@ from typing import Any
 
 from django.apps import apps
 from django.db import connections, router
-from django.db.models import Max
 
 __all__ = [
     "LockTimeout",
@@ -583,19 +582,25 @@ def _file_next(alias: str) -> int:
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN, _COUNTER.size, _COUNTER_AT)
     if path not in _seeded:
-        if not current:
-            _note_existing_rows(alias)
+        _note_existing_rows(alias)
         _seeded.add(path)
     return value
 
 
 def _database_floor(alias: str) -> int:
     """Above which the file's numbers must go: the journal's rows, the counter row."""
+    # Plain statements: the ORM's first compilation of each query cost a process's first
+    # save several milliseconds.
     from .models import JournalSequence, PendingReplication
 
-    counter = JournalSequence.objects.using(alias).filter(pk=1).values_list("value", flat=True)
-    rows = PendingReplication.objects.using(alias).aggregate(top=Max("seq"))["top"]
-    return max((counter.first() or FIRST_SEQ) + _GENERATION_GAP, rows or 0)
+    quote = connections[alias].ops.quote_name
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"SELECT value FROM {quote(JournalSequence._meta.db_table)} WHERE id = 1")
+        counter = cursor.fetchone()
+        cursor.execute(f"SELECT MAX(seq) FROM {quote(PendingReplication._meta.db_table)}")
+        rows = cursor.fetchone()
+    top = rows[0] if rows and rows[0] is not None else 0
+    return max((counter[0] if counter else FIRST_SEQ) + _GENERATION_GAP, top)
 
 
 def _rows_path(alias: str) -> str:
@@ -638,14 +643,19 @@ def _may_have_rows(alias: str, digest: int) -> bool:
 
 
 def _note_existing_rows(alias: str) -> None:
-    """A new lock file meets the rows written before it (by older code, or before a
-    restore): their names' bytes are set, so that the successes that follow clear them."""
+    """An empty rows file meets the rows written before it (by older code, or before a
+    restore): their names' bytes are set, so that the successes that follow clear them.
+    A file with any byte set was seen to by an earlier process of this machine."""
     from .models import PendingReplication
 
     fd = _rows_file(alias)
-    names = PendingReplication.objects.using(alias).values_list("storage", "name").distinct()
-    for storage, name in names.iterator():
-        os.pwrite(fd, b"\x01", _digest(storage, name) % _ROW_SLOTS)
+    if os.fstat(fd).st_size:
+        return
+    table = connections[alias].ops.quote_name(PendingReplication._meta.db_table)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"SELECT DISTINCT storage, name FROM {table}")
+        for storage, name in cursor:
+            os.pwrite(fd, b"\x01", _digest(storage, name) % _ROW_SLOTS)
 
 
 def _forget_files_after_fork() -> None:

@@ -87,6 +87,17 @@ def test_a_row_written_before_the_lock_file_existed_is_cleared_by_a_save(
     assert not PendingReplication.objects.filter(name="doc.txt").exists()
 
 
+def test_a_rows_file_deleted_alone_is_noted_again_from_the_journal(settings, media_server_factory):
+    server = media_server_factory("nginx")
+    storage = resto_storages(settings, "HybridStorage", [server.host])
+    storage.save("warm.txt", ContentFile(b"warm"))  # the counter is set, and stays
+    _row("kept.txt", 1, host=server.host)
+    os.ftruncate(ordering._rows_file(ALIAS), 0)  # as if deleted while every process stopped
+    ordering._seeded.discard(ordering._sqlite_lock_path(ALIAS))  # a process starting
+    storage.save("kept.txt", ContentFile(b"new"))
+    assert not PendingReplication.objects.filter(name="kept.txt").exists()
+
+
 def test_a_row_written_past_journal_mark_is_left_for_the_drain(settings, media_server_factory):
     """The contract: rows are written through journal.mark. One that is not (here, after
     the files were set up) is not seen by a success, so it stays, stale, until a drain
