@@ -383,7 +383,7 @@ class DistributedStorage(ReplicatedStorageMixin, Storage):
         return stat
 
     def exists(self, name: str) -> bool:
-        return self._ask("HEAD", name, lambda transport, name: transport.stat(name)) is not None
+        return bool(self._ask("HEAD", name, lambda transport, name: transport.exists(name)))
 
     def _open(self, name: str, mode: str = "rb") -> File:
         if mode not in ("r", "rb"):

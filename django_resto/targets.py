@@ -65,6 +65,10 @@ class Target(Protocol):
         """Size, modification time (an HTTP date) and ETag of ``name``; None if it is not there."""
         ...
 
+    def exists(self, name: str) -> bool:
+        """Whether the target has ``name``: what a save asks first, so as cheap as it gets."""
+        ...
+
     def open(self, name: str, *, headers: dict[str, str] | None = None) -> Stream:
         """``name`` as a stream; FileNotFoundError if the target does not have it.
 

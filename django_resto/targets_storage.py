@@ -375,6 +375,9 @@ class StorageTarget:
     def stat(self, name: str) -> Stat | None:
         return self._run("HEAD", name, self._stat, name)
 
+    def exists(self, name: str) -> bool:
+        return self._run("HEAD", name, self.storage.exists, name)
+
     def _stat(self, name: str) -> Stat | None:
         if not self.storage.exists(name):
             return None

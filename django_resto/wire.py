@@ -565,7 +565,7 @@ class _LeanParse(_Parse):
 
     capped = True
     keep_body = False
-    head_only = False  # writes only: PUT, DELETE, MKCOL, PROPFIND's head is a read's
+    head_only = False  # True for a HEAD (an exists()); writes otherwise
     body: list[bytes] = []  # never appended to: keep_body is False
 
     def __init__(self, conn: Connection, method: str) -> None:
@@ -573,6 +573,8 @@ class _LeanParse(_Parse):
         self.conn = conn
         self.parser = httptools.HttpResponseParser(self)
         self.raw = []
+        if method == "HEAD":
+            self.head_only = True
 
     def on_headers_complete(self) -> None:
         if self.head_done:
@@ -589,8 +591,8 @@ class _LeanParse(_Parse):
         self.status = status
         self.head_done = True
         self.keep_alive = parser.should_keep_alive()
-        if status == 204 or status == 304:
-            self.complete = True
+        if self.head_only or status == 204 or status == 304:
+            self.complete = True  # no body, whatever the fields say
         if self.received > RECV_SIZE // 2:
             self.frame()  # a head this large may break MAX_HEAD: measure it now
 
@@ -598,7 +600,7 @@ class _LeanParse(_Parse):
         if self.framed or not self.head_done:
             return
         self.framed = True
-        full = _Parse(self.conn, "PUT", capped=True, keep_body=False)
+        full = _Parse(self.conn, "HEAD" if self.head_only else "PUT", capped=True, keep_body=False)
         with contextlib.suppress(httptools.HttpParserError):  # the first parse judged those
             full.parser.feed_data(b"".join(self.raw or ()))
         self.reason = full.reason

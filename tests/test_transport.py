@@ -187,6 +187,31 @@ def test_stat_and_open(test_servers):
     assert (transport.pool.opened, transport.pool.sent) == (1, 4)
 
 
+@pytest.mark.parametrize("kind", ["nginx", "lighttpd"])
+def test_exists_reads_the_status_only_and_keeps_the_connection(media_server_factory, kind):
+    """A save's question before its write (DistributedStorage.exists), on real servers:
+    the HEAD answer's Content-Length announces a body that never comes, so the answer
+    ends with its head, and the connection carries the next requests."""
+    server = media_server_factory(kind)
+    transport = HostTransport(parse_host(server.host), "/media/", timeout=2)
+    transport.put("here.txt", BytesBody(b"x" * 4096))
+    assert transport.exists("here.txt") is True
+    assert transport.exists("missing.txt") is False
+    assert transport.exists("here.txt") is True
+    assert transport.put("here.txt", BytesBody(b"y")) == PutResult(created=False)
+    assert (transport.pool.opened, transport.pool.sent) == (1, 5)
+
+
+def test_exists_unexpected_status(test_servers):
+    (server,) = test_servers()
+    transport = transport_for(server)
+    server.fail_next(503)
+    with pytest.raises(UnexpectedStatusCode) as info:
+        transport.exists("a.txt")
+    assert (info.value.method, info.value.status) == ("HEAD", 503)
+    assert transport.exists("a.txt") is False  # the connection after a 503 still serves
+
+
 def test_stat_and_open_unexpected_status(test_servers):
     (server,) = test_servers()
     server.write("a.txt", b"hello")
