@@ -25,7 +25,7 @@ import functools
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
@@ -309,6 +309,36 @@ def retry_delay(
     """
     delay = min(cap, base * 2.0 ** min(attempts, 64))
     return delay * (0.5 + jitter() / 2)
+
+
+def back_off_failure(
+    storage: str, host: str, name: str, *, limit: int, base: float, cap: float
+) -> tuple[datetime | None, int | None]:
+    """Give the row a failure just wrote its back-off, unless someone else will try it.
+
+    Returns the moment it is due, or None; and, when it was left for having failed more
+    than ``limit`` times, its ``attempts`` (else None). No moment either when the row is
+    gone (in line since), already backed off (whoever did tries it next), or rewritten
+    by a newer operation since it was read: only the caller that moves the row from
+    due-now to backed-off may retry it, so however many callers fail on one row, each
+    failure adds one to its ``attempts`` and the retries stay bounded by ``limit``. The
+    delay is the drain's (:func:`retry_delay`), so ``--watch`` waits for the same moment.
+    """
+    # The database the rows are written to: a lagging replica could miss the row.
+    model = _model()
+    rows = model.objects.using(router.db_for_write(model)).filter(
+        storage=storage, host=host, name=name
+    )
+    row = rows.only("pk", "attempts", "next_attempt").first()
+    if row is None or row.next_attempt is not None:
+        return None, None
+    if row.attempts > limit:
+        return None, row.attempts
+    when = timezone.now() + timedelta(seconds=retry_delay(row.attempts, base=base, cap=cap))
+    claimed = rows.filter(pk=row.pk, attempts=row.attempts, next_attempt__isnull=True).update(
+        next_attempt=when
+    )
+    return (when if claimed else None), None
 
 
 def _any_row(storage: str, hosts: list[str], name: str, seq: int) -> bool:

@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import router, transaction
-from django.utils import timezone
+from django.db import transaction
 
 from . import journal, registry
 from .exceptions import describe
@@ -166,42 +165,22 @@ def schedule_retry(storage: Any, host: str, name: str) -> datetime | None:
 
 
 def _back_off(storage: Any, host: str, name: str) -> datetime | None:
-    """Give the row the failure just wrote its back-off; return it, or None for no retry.
-
-    The delay is the drain's (journal.retry_delay on the row's ``attempts``, as
-    repair.py computes it), written to the row, so that ``--watch`` waits for the same
-    moment instead of trying the row at once as well. Only the task that moves the row
-    from due-now to backed-off enqueues a retry: a row another task or a drain already
-    backed off, or that a newer operation rewrote since it was read, has someone else
-    to try it next. However many tasks fail on one row, each failure adds one to its
-    ``attempts``, so the retries of a row stay bounded by ``task_retries``.
-    """
-    from .models import PendingReplication
-
-    # The database the rows are written to: a lagging replica could miss the row.
-    rows = PendingReplication.objects.using(router.db_for_write(PendingReplication)).filter(
-        storage=storage.journal_key, host=host, name=name
-    )
-    row = rows.only("pk", "attempts", "next_attempt").first()
-    if row is None or row.next_attempt is not None:
-        return None  # in line since, or backed off by whoever tries it next
+    """The failed row's back-off, if this task is the one to retry it (see
+    journal.back_off_failure); a row past ``task_retries`` is left to the drain."""
     retries = storage.task_retries
-    if row.attempts > retries:
+    when, attempts = journal.back_off_failure(
+        storage.journal_key, host, name, limit=retries, base=BACKOFF_BASE, cap=MAX_BACKOFF
+    )
+    if attempts is not None:
         logger.warning(
             "Not retrying %s on %s as a task after %d failed attempts (task_retries=%d): "
             "the journal keeps it for process_failed_media",
             name,
             host,
-            row.attempts,
+            attempts,
             retries,
         )
-        return None
-    delay = journal.retry_delay(row.attempts, base=BACKOFF_BASE, cap=MAX_BACKOFF)
-    when = timezone.now() + timedelta(seconds=delay)
-    claimed = rows.filter(pk=row.pk, attempts=row.attempts, next_attempt__isnull=True).update(
-        next_attempt=when
-    )
-    return when if claimed else None
+    return when
 
 
 if _task is not None:
