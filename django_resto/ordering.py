@@ -570,7 +570,7 @@ def _file_next(alias: str) -> int:
     """
     path = _sqlite_lock_path(alias)
     assert path is not None
-    fd = _lock_file(alias)
+    fd = _open_cached(path)
     floor = 0 if path in _seeded else _database_floor(alias)
     with _counter_lock:  # POSIX locks cannot keep two threads of one process apart
         fcntl.lockf(fd, fcntl.LOCK_EX, _COUNTER.size, _COUNTER_AT)
@@ -628,10 +628,14 @@ def note_rows(storage: str, name: str) -> None:
     if alias is None or strategy(alias) != "sqlite":
         return
     try:
-        os.pwrite(_rows_file(alias), b"\x01", _digest(storage, name) % _ROW_SLOTS)
+        _note(_rows_file(alias), storage, name)
     except OSError:
         # The row is still written; only a success may then leave it for the drain.
         logger.warning("Could not note a journal row in %s", _rows_path(alias), exc_info=True)
+
+
+def _note(fd: int, storage: str, name: str) -> None:
+    os.pwrite(fd, b"\x01", _digest(storage, name) % _ROW_SLOTS)
 
 
 def _may_have_rows(alias: str, digest: int) -> bool:
@@ -655,7 +659,7 @@ def _note_existing_rows(alias: str) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute(f"SELECT DISTINCT storage, name FROM {table}")
         for storage, name in cursor:
-            os.pwrite(fd, b"\x01", _digest(storage, name) % _ROW_SLOTS)
+            _note(fd, storage, name)
 
 
 def _forget_files_after_fork() -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import functools
 import io
 import os
 import re
@@ -45,7 +46,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -182,7 +183,7 @@ class Body:
         if data is None:
             handle = self.open()
             try:
-                data = read_exactly(handle, self.size)
+                data = read_exactly(handle.read, self.size)
             finally:
                 handle.close()
             self._inline = data
@@ -210,17 +211,9 @@ class FileBody(Body):
         if data is None:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                parts = []
-                remaining = self.size
-                while remaining > 0:
-                    chunk = os.read(fd, remaining)
-                    if not chunk:
-                        break
-                    parts.append(chunk)
-                    remaining -= len(chunk)
+                data = self._inline = read_exactly(functools.partial(os.read, fd), self.size)
             finally:
                 os.close(fd)
-            data = self._inline = parts[0] if len(parts) == 1 else b"".join(parts)
         return data
 
     def __repr__(self) -> str:
@@ -244,12 +237,13 @@ class BytesBody(Body):
         return f"BytesBody(<{self.size} bytes>)"
 
 
-def read_exactly(handle: Readable, size: int) -> bytes:
-    """Up to ``size`` bytes from ``handle``, however short its reads are."""
+def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
+    """Up to ``size`` bytes from ``read`` (a handle's, or a descriptor's), however short
+    its reads are. One read is returned as it is: ``b"".join`` of one bytes copies nothing."""
     parts = []
     remaining = size
     while remaining > 0:
-        data = handle.read(remaining)
+        data = read(remaining)
         if not data:
             break
         parts.append(data)
