@@ -91,7 +91,7 @@ class Comparison(Bench):
 
 
 def _cpu(bench: Comparison, key: str, package: str) -> float | None:
-    return bench.cpu_per_op(key, package)
+    return bench.median(key, package, "cpu")
 
 
 def report(bench: Comparison, baseline: str, rounds: int, limit: float) -> tuple[str, bool]:
